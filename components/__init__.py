@@ -1,0 +1,1 @@
+"""The library: pure PyTorch / numpy (+ diffusers, clean-fid). Never imports zenml, dvc, kfp or kubernetes."""

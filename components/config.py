@@ -1,0 +1,129 @@
+"""Typed configuration for every stage, with one-line errors that name the field.
+
+Each section is a pydantic model whose fields carry a short "why" comment. `parse_section`
+turns a plain dict (from YAML) into the model and converts pydantic's multi-line report into a
+single `ConfigError` line such as ``config field 'teacher.train_steps': expected an integer``.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Type, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or input file; the message is one line naming the culprit."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated strictly."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class DataConfig(Section):
+    source: str = "digits"                 # registry name: 'digits' (built in) or 'folder'
+    path: Optional[str] = None             # image folder (one subfolder per class) for 'folder'
+    resolution: int = Field(8, ge=4, le=512)   # images are resized to resolution x resolution
+    channels: Optional[int] = Field(None, ge=1, le=4)  # None: keep the source's (digits: 1)
+    eval_fraction: float = Field(0.25, gt=0.0, lt=1.0)  # held out of ALL training (teacher, features, student)
+    split_seed: int = 0                    # seeded, class-stratified split: same seed, same split
+
+
+class TeacherConfig(Section):
+    path: Optional[str] = None             # a diffusers teacher folder to load; None trains one
+    train_steps: int = Field(1500, ge=1)   # prototype: FID settles by ~1500 steps at 8x8
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)          # Adam; small UNet, small data
+    ema_decay: float = Field(0.999, ge=0, lt=1)  # the EMA weights are the teacher
+    label_dropout: float = Field(0.1, ge=0, lt=1)  # drop to the null class -> classifier-free guidance
+    block_out_channels: tuple[int, ...] = (32, 64)  # UNet width per resolution level
+    layers_per_block: int = Field(1, ge=1)
+    norm_num_groups: int = Field(8, ge=1)
+    sigma_data: float = Field(0.5, gt=0)   # EDM: std of the data, pixels in [-1, 1]
+    sigma_min: float = Field(0.002, gt=0)  # EDM / consistency-model boundary
+    sigma_max: float = Field(80.0, gt=0)   # EDM: x_T ~ N(0, sigma_max^2)
+    P_mean: float = -1.2                   # EDM training noise: ln(sigma) ~ N(P_mean, P_std^2)
+    P_std: float = Field(1.2, gt=0)
+    sampler_steps: int = Field(18, ge=1)   # Heun on Karras sigmas: 2*steps-1 NFE (18 -> 35)
+    rho: float = Field(7.0, gt=0)          # EDM time discretisation exponent
+    seed: int = 0
+
+
+class FeatureNetConfig(Section):
+    dim: int = Field(64, ge=2)             # feature size for FID (d small vs. eval-split size)
+    train_steps: int = Field(600, ge=1)    # ~10 s on 2 CPU cores for digits
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 0
+
+
+class EvalConfig(Section):
+    num_samples: int = Field(5000, ge=10)  # generated images per FID (balanced over classes)
+    batch_size: int = Field(500, ge=1)
+    seed: int = 0                          # sampling seed of the pipeline's evaluate step
+    grid_per_class: int = Field(8, ge=1)   # columns of the sample grid picture
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def _describe(err: dict) -> str:
+    kind = err.get("type", "")
+    expected = {
+        "int_parsing": "expected an integer", "int_type": "expected an integer",
+        "int_from_float": "expected an integer",
+        "float_parsing": "expected a number", "float_type": "expected a number",
+        "bool_parsing": "expected true/false", "bool_type": "expected true/false",
+        "string_type": "expected a string", "tuple_type": "expected a list",
+        "extra_forbidden": "unknown key (check spelling)",
+        "missing": "required",
+    }.get(kind, err.get("msg", "invalid value"))
+    if "input" in err and kind not in ("missing",):
+        return f"{expected} (got {err['input']!r})"
+    return expected
+
+
+def parse_section(model: Type[S], values: Any, prefix: str) -> S:
+    """Validate `values` into `model`; raise ConfigError('config field <prefix.key>: ...')."""
+    if isinstance(values, model):
+        return values
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config field '{prefix}': expected a mapping of keys, got {type(values).__name__}")
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in (prefix, *err.get("loc", ())) if str(p))
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"config field '{loc}': {_describe(err)}{more}") from None
+
+
+def resolve_config(data: Any = None, teacher: Any = None, features: Any = None, distill: Any = None,
+                   evaluation: Any = None) -> dict[str, dict]:
+    """Validate every section up front (before any step runs); -> sections with defaults filled."""
+    from components.methods import parse_distill_config
+
+    out = {
+        "data": parse_section(DataConfig, data, "data"),
+        "teacher": parse_section(TeacherConfig, teacher, "teacher"),
+        "features": parse_section(FeatureNetConfig, features, "features"),
+        "distill": parse_distill_config(distill),
+        "evaluation": parse_section(EvalConfig, evaluation, "evaluation"),
+    }
+    from components.data import SOURCES
+
+    if out["data"].source not in SOURCES:
+        raise ConfigError(f"config field 'data.source': unknown dataset {out['data'].source!r}; "
+                          f"valid: {', '.join(sorted(SOURCES))}")
+    if out["data"].source == "folder" and not out["data"].path:
+        raise ConfigError("config field 'data.path': required when data.source is 'folder'")
+    if out["teacher"].path is not None:
+        from pathlib import Path
+
+        if not Path(out["teacher"].path).is_dir():
+            raise ConfigError(f"teacher.path '{out['teacher'].path}': no such folder (expected a diffusers "
+                              "folder with unet/ and scheduler/)")
+    return {k: v.model_dump(mode="json") for k, v in out.items()}

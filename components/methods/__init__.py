@@ -1,0 +1,31 @@
+"""Distillation methods behind one interface; METHODS maps a config name to its class."""
+from __future__ import annotations
+
+from components.config import ConfigError, parse_section
+from components.methods.base import DistillConfig, Method, distill
+from components.methods.dmd2 import DMD2, DMD2Config
+
+METHODS: dict[str, type[Method]] = {"dmd2": DMD2}
+
+
+def method_class(name) -> type[Method]:
+    if name not in METHODS:
+        raise ConfigError(f"config field 'distill.method': unknown method {name!r}; "
+                          f"valid: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def parse_distill_config(values: dict | None) -> DistillConfig:
+    """Validate the 'distill' section with the Config of the method it names."""
+    values = dict(values or {})
+    cls = method_class(values.get("method", "dmd2"))
+    return parse_section(cls.Config, values, "distill")
+
+
+def build_method(teacher, values: dict | DistillConfig | None, data) -> Method:
+    cfg = values if isinstance(values, DistillConfig) else parse_distill_config(values)
+    return method_class(cfg.method)(teacher, cfg, data)
+
+
+__all__ = ["METHODS", "DMD2", "DMD2Config", "DistillConfig", "Method", "build_method", "distill",
+           "method_class", "parse_distill_config"]

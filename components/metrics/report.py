@@ -1,0 +1,43 @@
+"""Flatten teacher/student figures into the run's metrics and a readable table."""
+from __future__ import annotations
+
+
+def summary(teacher: dict, student: dict, gap: dict) -> dict:
+    """One flat dict: FIDs (with feature net, reference, counts), accuracy, NFE, wall-clock."""
+    floor = teacher["real_floor"]
+    t_sec, s_sec = teacher["sampling_seconds"], student["sampling_seconds"]
+    return {
+        "teacher_fid": teacher["fid"], "teacher_fid_train": teacher["fid_train"],
+        "teacher_class_acc": teacher["class_acc"], "teacher_nfe": teacher["nfe"],
+        "teacher_sampling_seconds": t_sec,
+        "student_fid": student["fid"], "student_fid_train": student["fid_train"],
+        "student_class_acc": student["class_acc"], "student_nfe": student["nfe"],
+        "student_sampling_seconds": s_sec,
+        "fid_ratio": student["fid"] / teacher["fid"] if teacher["fid"] > 0 else float("inf"),
+        "distill_gap_fid": gap["fid"], "real_floor_fid": floor["fid"],
+        # per-image times in different processes/steps; the benchmark measures both in one process
+        "sampling_speedup": (t_sec / teacher["num_samples"]) / (s_sec / student["num_samples"]),
+        "feature_net": student["fid_detail"]["feature_net"],
+        "num_samples": student["num_samples"],
+        "reference": f"{student['fid_detail']['reference']} (n={student['fid_detail']['num_reference']})",
+        "real_floor": f"{floor['samples']} (n={floor['num_samples']}) vs {floor['reference']} (n={floor['num_reference']})",
+        "teacher_sha256": teacher.get("teacher_sha256", ""),
+    }
+
+
+def summary_table(r: dict) -> str:
+    """Markdown table of the figures people compare."""
+    rows = [("", "teacher", "student"),
+            ("FID vs eval split", f"{r['teacher_fid']:.3f}", f"{r['student_fid']:.3f}"),
+            ("FID vs train split", f"{r['teacher_fid_train']:.3f}", f"{r['student_fid_train']:.3f}"),
+            ("class accuracy", f"{r['teacher_class_acc']:.3f}", f"{r['student_class_acc']:.3f}"),
+            ("NFE", str(r["teacher_nfe"]), str(r["student_nfe"])),
+            ("sampling seconds", f"{r['teacher_sampling_seconds']:.2f}", f"{r['student_sampling_seconds']:.2f}")]
+    lines = [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines.insert(1, "|---|---|---|")
+    lines.append(f"\nstudent/teacher FID ratio {r['fid_ratio']:.3f}; distillation gap FID(student, teacher) "
+                 f"{r['distill_gap_fid']:.3f}; real floor {r['real_floor_fid']:.3f} [{r['real_floor']}]; "
+                 f"sampling speedup {r['sampling_speedup']:.1f}x")
+    lines.append(f"FID: feature net {r['feature_net']}, {r['num_samples']} generated samples per model "
+                 f"(class-balanced), reference {r['reference']}")
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""Pictures people look at: per-class sample grids and loss curves."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def sample_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, per_class: int = 8,
+                cell: int = 32, pad: int = 2) -> Image.Image:
+    """One row per class, `per_class` samples each; pixels [-1, 1] -> 0..255, nearest upscaling."""
+    C, H, W = images.shape[1:]
+    scale = max(1, cell // max(H, W))
+    h, w = H * scale + pad, W * scale + pad
+    canvas = np.full((num_classes * h + pad, per_class * w + pad, 3), 255, dtype=np.uint8)
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()[:per_class]
+        for j, i in enumerate(idx.tolist()):
+            img = ((images[i].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            if C == 1:
+                img = np.repeat(img, 3, axis=2)
+            img = np.kron(img, np.ones((scale, scale, 1), dtype=np.uint8))
+            canvas[pad + c * h: pad + c * h + H * scale, pad + j * w: pad + j * w + W * scale] = img[..., :3]
+    return Image.fromarray(canvas)
+
+
+def loss_curve(history: list[dict], title: str) -> Image.Image:
+    """Plot every 'loss*' series of a log history against its iteration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    keys = sorted({k for h in history for k in h if k.startswith("loss")})
+    for k in keys:
+        pts = [(h.get("iteration", i), h[k]) for i, h in enumerate(history) if k in h]
+        if pts:
+            ax.plot(*zip(*pts), label=k)
+    ax.set_xlabel("iteration")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")

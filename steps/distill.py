@@ -1,0 +1,28 @@
+"""Step: distill the teacher into a few-step student with the configured method."""
+from typing import Annotated, Any, Dict, List, Tuple
+
+from PIL import Image
+from zenml import step
+
+from components.data import ImageDataset
+from components.diffusion import Denoiser
+from components.methods import build_method, distill
+from components.viz import loss_curve
+from steps.metadata import log_step_metadata
+from steps.materializers import DenoiserMaterializer
+from steps.names import DISTILL_HISTORY, DISTILL_LOSS_CURVE, STUDENT
+
+
+@step(output_materializers={STUDENT: DenoiserMaterializer})
+def distill_step(teacher: Denoiser, dataset: ImageDataset, distill_config: Dict[str, Any]) -> Tuple[
+        Annotated[Denoiser, STUDENT], Annotated[List[Dict[str, float]], DISTILL_HISTORY],
+        Annotated[Image.Image, DISTILL_LOSS_CURVE]]:
+    import time
+
+    method = build_method(teacher, distill_config, dataset)
+    t0 = time.perf_counter()
+    history = distill(method)
+    seconds = time.perf_counter() - t0
+    log_step_metadata({"distill_seconds": seconds, "method": method.cfg.method, "iterations": method.cfg.iterations,
+                  **{f"final_{k}": v for k, v in (history[-1] if history else {}).items()}})
+    return method.student(), history, loss_curve(history, f"{method.cfg.method} losses")

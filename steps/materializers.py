@@ -1,0 +1,82 @@
+"""ZenML materializers: models and data as safetensors + JSON, never pickles."""
+from __future__ import annotations
+
+from typing import Any, Dict, Type
+
+from zenml.enums import ArtifactType
+from zenml.materializers.base_materializer import BaseMaterializer
+from zenml.utils import io_utils
+
+from components.data import ImageDataset
+from components.diffusion.denoiser import Denoiser, EDMDenoiser, VPDenoiser, load_denoiser, save_denoiser, state_hash
+from components.metrics.features import FeatureNet
+
+
+class _FolderMaterializer(BaseMaterializer):
+    """Write to a local temp folder, then copy it into the artifact store (any backend)."""
+
+    SKIP_REGISTRATION = True
+
+    def _write(self, data: Any, directory: str) -> None:
+        raise NotImplementedError
+
+    def _read(self, directory: str) -> Any:
+        raise NotImplementedError
+
+    def save(self, data: Any) -> None:
+        with self.get_temporary_directory(delete_at_exit=True) as tmp:
+            self._write(data, tmp)
+            io_utils.copy_dir(tmp, self.uri, overwrite=True)
+
+    def load(self, data_type: Type[Any]) -> Any:
+        with self.get_temporary_directory(delete_at_exit=True) as tmp:
+            io_utils.copy_dir(self.uri, tmp, overwrite=True)
+            return self._read(tmp)
+
+
+class DenoiserMaterializer(_FolderMaterializer):
+    """A Denoiser as a diffusers folder: unet/ (safetensors), scheduler/, denoiser.json."""
+
+    ASSOCIATED_TYPES = (Denoiser, EDMDenoiser, VPDenoiser)
+    ASSOCIATED_ARTIFACT_TYPE = ArtifactType.MODEL
+
+    def _write(self, data: Denoiser, directory: str) -> None:
+        save_denoiser(data, directory)
+
+    def _read(self, directory: str) -> Denoiser:
+        return load_denoiser(directory, what="artifact")
+
+    def extract_metadata(self, data: Denoiser) -> Dict[str, Any]:
+        return {"kind": data.kind, "num_classes": data.num_classes, "state_sha256": state_hash(data),
+                "parameters": sum(p.numel() for p in data.parameters()),
+                "sampler": data.sampling["sampler"], "nfe_steps": len(data.sampling["sigmas"]) - 1}
+
+
+class FeatureNetMaterializer(_FolderMaterializer):
+    ASSOCIATED_TYPES = (FeatureNet,)
+    ASSOCIATED_ARTIFACT_TYPE = ArtifactType.MODEL
+
+    def _write(self, data: FeatureNet, directory: str) -> None:
+        data.save_pretrained(directory)
+
+    def _read(self, directory: str) -> FeatureNet:
+        return FeatureNet.from_pretrained(directory)
+
+
+class ImageDatasetMaterializer(_FolderMaterializer):
+    ASSOCIATED_TYPES = (ImageDataset,)
+    ASSOCIATED_ARTIFACT_TYPE = ArtifactType.DATA
+
+    def _write(self, data: ImageDataset, directory: str) -> None:
+        data.save(directory)
+
+    def _read(self, directory: str) -> ImageDataset:
+        return ImageDataset.load(directory)
+
+    def extract_metadata(self, data: ImageDataset) -> Dict[str, Any]:
+        return {"fingerprint": data.fingerprint(), "num_images": len(data.images),
+                "num_eval": int(data.is_eval.sum()), "shape": str(data.shape),
+                "classes": ",".join(data.class_names), "source": data.source}
+
+
+__all__ = ["DenoiserMaterializer", "FeatureNetMaterializer", "ImageDatasetMaterializer"]

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from components.config import FeatureNetConfig
+from components.diffusion.generate import Generated
+from components.metrics import FeatureNet, feature_stats, fid, train_feature_net
+from components.metrics.evaluate import real_floor, reference_stats, score_samples
+from components.viz import loss_curve, sample_grid
+
+
+def _direct_fid(a, b):
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_fid_matches_direct_formula_and_is_zero_on_itself():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(500, 8)), rng.normal(0.3, 1.2, size=(400, 8))
+    sa, sb = feature_stats(a, "a"), feature_stats(b, "b")
+    r = fid(sa, sb, "toy")
+    assert r.fid == pytest.approx(_direct_fid(a, b), rel=1e-4)
+    assert fid(sa, sa, "toy").fid == pytest.approx(0.0, abs=1e-6)
+    assert (r.feature_net, r.reference, r.num_reference, r.num_samples) == ("toy", "b", 400, 500)
+
+
+def test_feature_stats_refuse_nan():
+    with pytest.raises(ValueError, match="NaN"):
+        feature_stats(np.array([[0.0, np.nan], [1.0, 2.0]]), "bad")
+
+
+@pytest.fixture(scope="module")
+def feature_net(digits):
+    net, info = train_feature_net(FeatureNetConfig(dim=32, train_steps=150), digits, progress=False)
+    return net, info
+
+
+def test_feature_net_learns_digits(feature_net):
+    net, info = feature_net
+    assert info["eval_accuracy"] > 0.8
+
+
+def test_feature_net_roundtrip(tmp_path, feature_net, digits):
+    net, _ = feature_net
+    net.save_pretrained(tmp_path / "f")
+    back = FeatureNet.from_pretrained(tmp_path / "f")
+    x = digits.images[:10]
+    assert torch.allclose(back.embed(x)[0], net.embed(x)[0])
+
+
+def test_real_images_score_near_floor_and_noise_scores_badly(feature_net, digits):
+    net, _ = feature_net
+    refs = reference_stats(net, digits)
+    floor = real_floor(refs, net)["fid"]
+    x_tr, y_tr = digits.split("train")
+    real = Generated(x_tr, y_tr, nfe=0, seconds=1.0)
+    noise = Generated(torch.rand_like(x_tr) * 2 - 1, y_tr, nfe=0, seconds=1.0)
+    m_real, _ = score_samples(real, "real", net, refs)
+    m_noise, _ = score_samples(noise, "noise", net, refs)
+    assert m_real["fid"] == pytest.approx(floor, rel=1e-6)
+    assert m_noise["fid"] > 10 * max(floor, 0.1)
+    assert m_real["class_acc"] > 0.8 and m_noise["class_acc"] < 0.5
+
+
+def test_nan_samples_are_refused(feature_net, digits):
+    net, _ = feature_net
+    refs = reference_stats(net, digits)
+    x = digits.images[:20].clone()
+    x[3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        score_samples(Generated(x, digits.labels[:20], 1, 1.0), "student", net, refs)
+
+
+def test_pictures(digits):
+    img = sample_grid(digits.images[:200], digits.labels[:200], 10, per_class=5)
+    assert img.size[0] > 5 * 8 and img.size[1] > 10 * 8
+    curve = loss_curve([{"iteration": 1, "loss_a": 1.0}, {"iteration": 2, "loss_a": 0.5}], "t")
+    assert curve.size[0] > 100

@@ -1,0 +1,48 @@
+"""Shared fixtures: telemetry off, tiny models, the digits dataset."""
+import os
+
+os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from components.config import DataConfig, TeacherConfig  # noqa: E402
+from components.data import load_dataset  # noqa: E402
+
+TINY_TEACHER = dict(train_steps=20, batch_size=32, block_out_channels=(16, 32), norm_num_groups=4,
+                    sampler_steps=3, seed=0)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_slow = pytest.mark.skip(reason="slow: pass --runslow")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "slow" in item.keywords and not config.getoption("--runslow"):
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset(DataConfig())
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_cfg():
+    return TeacherConfig(**TINY_TEACHER)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(digits, tiny_teacher_cfg):
+    from components.teacher import get_teacher
+
+    teacher, _ = get_teacher(tiny_teacher_cfg, digits, progress=False)
+    return teacher
