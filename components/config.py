@@ -32,7 +32,7 @@ class DataConfig(Section):
 
 class TeacherConfig(Section):
     path: Optional[str] = None             # a diffusers teacher folder to load; None trains one
-    train_steps: int = Field(1500, ge=1)   # prototype: FID settles by ~1500 steps at 8x8
+    train_steps: int = Field(1000, ge=1)   # 8x8 digits: class accuracy of samples > 0.9 by ~1000 steps
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)          # Adam; small UNet, small data
     ema_decay: float = Field(0.999, ge=0, lt=1)  # the EMA weights are the teacher

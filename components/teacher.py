@@ -50,7 +50,7 @@ def train_teacher(cfg: TeacherConfig, data: ImageDataset, device: torch.device |
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        ema_update(ema, model, cfg.ema_decay)
+        ema_update(ema, model, cfg.ema_decay, step=len(losses))
         losses.append(loss.item())
         if len(losses) % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")

@@ -31,8 +31,11 @@ def ema_copy(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """theta_ema <- decay * theta_ema + (1 - decay) * theta (buffers copied)."""
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int | None = None) -> None:
+    """theta_ema <- d * theta_ema + (1 - d) * theta, d = min(decay, (1 + step) / (10 + step)) when
+    `step` is given (warm-up, so a short run's EMA is not dominated by its first weights)."""
+    if step is not None:
+        decay = min(decay, (1.0 + step) / (10.0 + step))
     for p_e, p in zip(ema.parameters(), model.parameters()):
         p_e.lerp_(p.detach(), 1.0 - decay)
     for b_e, b in zip(ema.buffers(), model.buffers()):

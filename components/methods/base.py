@@ -23,7 +23,7 @@ class DistillConfig(Section):
     """Fields every method shares; a method's Config subclasses this."""
 
     method: str = "dmd2"                   # registry name (components.methods.METHODS)
-    iterations: int = Field(2000, ge=1)    # training iterations (every one a critic turn)
+    iterations: int = Field(1400, ge=1)    # training iterations (every one a critic turn)
     batch_size: int = Field(64, ge=1)      # images per iteration
     seed: int = 0                          # one seed -> one result (data order, noise, timesteps)
     device: str = "auto"                   # 'auto' = CUDA when present, else CPU
