@@ -134,8 +134,10 @@ def main(argv=None) -> dict:
     print(f"\nfeature net {result['feature_net']}, {result['num_samples']} samples/seed, "
           f"reference {result['reference']}, real floor {result['real_floor_fid']:.3f}\n")
     line = json.dumps(result)
-    if args.out:
-        Path(args.out).write_text(line + "\n")
+    if args.out:                                   # write-then-rename: never a half-written file
+        tmp = Path(args.out).with_suffix(".tmp")
+        tmp.write_text(line + "\n")
+        os.replace(tmp, args.out)
     print(line)
     return result
 

@@ -26,6 +26,13 @@ def sample_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, pe
     return Image.fromarray(canvas)
 
 
+def windowed(losses: list[float], window: int = 50) -> list[dict]:
+    """Per-step losses -> [{'iteration': i, 'loss': mean of the last `window`}] every `window` steps."""
+    ends = list(range(window, len(losses) + 1, window)) or [len(losses)]
+    return [{"iteration": e, "loss": sum(losses[max(0, e - window):e]) / len(losses[max(0, e - window):e])}
+            for e in ends if e > 0]
+
+
 def loss_curve(history: list[dict], title: str) -> Image.Image:
     """Plot every 'loss*' series of a log history against its iteration."""
     import matplotlib

@@ -1,4 +1,5 @@
 """Step: distill the teacher into a few-step student with the configured method."""
+import time
 from typing import Annotated, Any, Dict, List, Tuple
 
 from PIL import Image
@@ -17,12 +18,10 @@ from steps.names import DISTILL_HISTORY, DISTILL_LOSS_CURVE, STUDENT
 def distill_step(teacher: Denoiser, dataset: ImageDataset, distill_config: Dict[str, Any]) -> Tuple[
         Annotated[Denoiser, STUDENT], Annotated[List[Dict[str, float]], DISTILL_HISTORY],
         Annotated[Image.Image, DISTILL_LOSS_CURVE]]:
-    import time
-
     method = build_method(teacher, distill_config, dataset)
     t0 = time.perf_counter()
     history = distill(method)
     seconds = time.perf_counter() - t0
     log_step_metadata({"distill_seconds": seconds, "method": method.cfg.method, "iterations": method.cfg.iterations,
-                  **{f"final_{k}": v for k, v in (history[-1] if history else {}).items()}})
+                       **{f"final_{k}": v for k, v in (history[-1] if history else {}).items()}})
     return method.student(), history, loss_curve(history, f"{method.cfg.method} losses")

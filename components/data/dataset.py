@@ -4,15 +4,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-
-from components.config import ConfigError
 
 
 @dataclass
@@ -78,19 +75,3 @@ def stratified_split(labels: np.ndarray, eval_fraction: float, seed: int) -> np.
         is_eval[rng.permutation(idx)[:n_eval]] = True
     return is_eval
 
-
-def atomic_write_dir(final: str | os.PathLike, write) -> Path:
-    """Run write(tmp_dir) then rename tmp_dir -> final, so no half-written folder is left."""
-    final = Path(final)
-    if final.exists():
-        raise ConfigError(f"output '{final}': already exists (refusing to overwrite)")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        write(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final

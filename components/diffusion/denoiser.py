@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from components.config import ConfigError
+
 DENOISER_FILE = "denoiser.json"
 
 
@@ -145,18 +147,18 @@ def load_denoiser(directory: str | Path, num_classes: int | None = None, what: s
 
     directory = Path(directory)
     if not directory.is_dir():
-        raise _config_error(f"{what} '{directory}': no such folder (expected a diffusers folder "
+        raise ConfigError(f"{what} '{directory}': no such folder (expected a diffusers folder "
                             "with unet/ and scheduler/scheduler_config.json)")
     sched_file = directory / "scheduler" / "scheduler_config.json"
     if not (directory / "unet" / "config.json").is_file() or not sched_file.is_file():
-        raise _config_error(f"{what} '{directory}': missing unet/config.json or "
+        raise ConfigError(f"{what} '{directory}': missing unet/config.json or "
                             "scheduler/scheduler_config.json (expected a diffusers folder)")
     info = json.loads((directory / DENOISER_FILE).read_text()) if (directory / DENOISER_FILE).is_file() else {}
     unet = UNet2DModel.from_pretrained(directory / "unet")
     embeds = unet.config.num_class_embeds
     n_cls = int(info.get("num_classes", num_classes if num_classes is not None else (embeds or 1) - 1))
     if embeds is None or embeds != n_cls + 1:
-        raise _config_error(f"{what} '{directory}': unet/config.json num_class_embeds={embeds}; "
+        raise ConfigError(f"{what} '{directory}': unet/config.json num_class_embeds={embeds}; "
                             f"expected num_classes + 1 = {n_cls + 1} (the last index is the null class)")
     sched = json.loads(sched_file.read_text())
     if info.get("kind", "edm" if sched.get("_class_name") == "CMStochasticIterativeScheduler" else "vp") == "edm":
@@ -170,12 +172,6 @@ def load_denoiser(directory: str | Path, num_classes: int | None = None, what: s
     if "sampling" in info:
         den.sampling = info["sampling"]
     return den.eval()
-
-
-def _config_error(msg: str):
-    from components.config import ConfigError
-
-    return ConfigError(msg)
 
 
 def state_hash(module: nn.Module) -> str:

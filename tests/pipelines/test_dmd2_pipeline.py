@@ -81,3 +81,14 @@ def test_bad_config_fails_before_any_step(zenml_env, tmp_path):
     assert r.returncode != 0
     assert "config field 'teacher.train_steps': expected an integer" in r.stdout + r.stderr
     assert "Step ingest_data has started" not in r.stdout + r.stderr
+
+
+def test_empty_image_folder_fails_in_ingest_with_nothing_downstream(zenml_env, tmp_path):
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    cfg = tmp_path / "folder.yaml"
+    cfg.write_text(f"parameters:\n  data: {{source: folder, path: '{tmp_path / 'imgs'}'}}\n")
+    r = _run(zenml_env, cfg)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "no images found" in out and str(tmp_path / "imgs") in out
+    assert "Step teacher_step has started" not in out
