@@ -6,6 +6,7 @@ single `ConfigError` line such as ``config field 'teacher.train_steps': expected
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional, Type, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -104,6 +105,7 @@ def parse_section(model: Type[S], values: Any, prefix: str) -> S:
 def resolve_config(data: Any = None, teacher: Any = None, features: Any = None, distill: Any = None,
                    evaluation: Any = None) -> dict[str, dict]:
     """Validate every section up front (before any step runs); -> sections with defaults filled."""
+    from components.data import check_data_config
     from components.methods import parse_distill_config
 
     out = {
@@ -113,16 +115,8 @@ def resolve_config(data: Any = None, teacher: Any = None, features: Any = None, 
         "distill": parse_distill_config(distill),
         "evaluation": parse_section(EvalConfig, evaluation, "evaluation"),
     }
-    from components.data import SOURCES
-
-    if out["data"].source not in SOURCES:
-        raise ConfigError(f"config field 'data.source': unknown dataset {out['data'].source!r}; "
-                          f"valid: {', '.join(sorted(SOURCES))}")
-    if out["data"].source == "folder" and not out["data"].path:
-        raise ConfigError("config field 'data.path': required when data.source is 'folder'")
+    check_data_config(out["data"])
     if out["teacher"].path is not None:
-        from pathlib import Path
-
         if not Path(out["teacher"].path).is_dir():
             raise ConfigError(f"teacher.path '{out['teacher'].path}': no such folder (expected a diffusers "
                               "folder with unet/ and scheduler/)")

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from components.config import TeacherConfig
+from components.config import ConfigError, TeacherConfig
 from components.data import ImageDataset
 from components.diffusion import EDMDenoiser, edm_training_sigmas, karras_sigmas, load_denoiser
 from components.diffusion.denoiser import Denoiser
@@ -78,8 +78,6 @@ def teacher_sampling(cfg: TeacherConfig, teacher: Denoiser) -> dict:
 
 def check_fits(teacher: Denoiser, data: ImageDataset, path: str) -> None:
     """A loaded teacher must match the data's classes, channels and resolution."""
-    from components.config import ConfigError
-
     C, H, _ = data.shape
     got = (teacher.num_classes, teacher.unet.config.in_channels, teacher.unet.config.sample_size)
     if got != (data.num_classes, C, H):

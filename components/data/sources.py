@@ -31,8 +31,6 @@ def folder_source(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """An image folder with one subfolder per class (PNG/JPEG, grayscale or RGB)."""
     from PIL import Image, UnidentifiedImageError
 
-    if not cfg.path:
-        raise ConfigError("config field 'data.path': required when data.source is 'folder'")
     root = Path(cfg.path)
     if not root.is_dir():
         raise ConfigError(f"data.path '{root}': no such folder (expected one subfolder per class)")
@@ -65,11 +63,18 @@ SOURCES: dict[str, Callable[[DataConfig], tuple[np.ndarray, np.ndarray, list[str
 }
 
 
-def load_dataset(cfg: DataConfig) -> ImageDataset:
-    """Read the configured source -> ImageDataset in [-1, 1] at cfg.resolution with its split."""
+def check_data_config(cfg: DataConfig) -> None:
+    """Checks that need no data read: a known source name, and a path for 'folder'."""
     if cfg.source not in SOURCES:
         raise ConfigError(f"config field 'data.source': unknown dataset {cfg.source!r}; "
                           f"valid: {', '.join(sorted(SOURCES))}")
+    if cfg.source == "folder" and not cfg.path:
+        raise ConfigError("config field 'data.path': required when data.source is 'folder'")
+
+
+def load_dataset(cfg: DataConfig) -> ImageDataset:
+    """Read the configured source -> ImageDataset in [-1, 1] at cfg.resolution with its split."""
+    check_data_config(cfg)
     images, labels, classes = SOURCES[cfg.source](cfg)
     x = torch.from_numpy(np.ascontiguousarray(images))
     if cfg.channels is not None and x.shape[1] != cfg.channels:

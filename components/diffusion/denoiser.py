@@ -6,8 +6,8 @@ trained with a DDPM-style scheduler (epsilon, v or sample prediction).
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -148,18 +148,18 @@ def load_denoiser(directory: str | Path, num_classes: int | None = None, what: s
     directory = Path(directory)
     if not directory.is_dir():
         raise ConfigError(f"{what} '{directory}': no such folder (expected a diffusers folder "
-                            "with unet/ and scheduler/scheduler_config.json)")
+                          "with unet/ and scheduler/scheduler_config.json)")
     sched_file = directory / "scheduler" / "scheduler_config.json"
     if not (directory / "unet" / "config.json").is_file() or not sched_file.is_file():
         raise ConfigError(f"{what} '{directory}': missing unet/config.json or "
-                            "scheduler/scheduler_config.json (expected a diffusers folder)")
+                          "scheduler/scheduler_config.json (expected a diffusers folder)")
     info = json.loads((directory / DENOISER_FILE).read_text()) if (directory / DENOISER_FILE).is_file() else {}
     unet = UNet2DModel.from_pretrained(directory / "unet")
     embeds = unet.config.num_class_embeds
     n_cls = int(info.get("num_classes", num_classes if num_classes is not None else (embeds or 1) - 1))
     if embeds is None or embeds != n_cls + 1:
         raise ConfigError(f"{what} '{directory}': unet/config.json num_class_embeds={embeds}; "
-                            f"expected num_classes + 1 = {n_cls + 1} (the last index is the null class)")
+                          f"expected num_classes + 1 = {n_cls + 1} (the last index is the null class)")
     sched = json.loads(sched_file.read_text())
     if info.get("kind", "edm" if sched.get("_class_name") == "CMStochasticIterativeScheduler" else "vp") == "edm":
         den: Denoiser = EDMDenoiser(unet, n_cls, sched.get("sigma_min", 0.002), sched.get("sigma_max", 80.0),
@@ -176,8 +176,6 @@ def load_denoiser(directory: str | Path, num_classes: int | None = None, what: s
 
 def state_hash(module: nn.Module) -> str:
     """sha256 over a module's parameters and buffers (names, dtypes, values): the teacher hash."""
-    import hashlib
-
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
