@@ -7,7 +7,7 @@ single `ConfigError` line such as ``config field 'teacher.train_steps': expected
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Type, TypeVar
+from typing import Any, Literal, Optional, Type, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -23,12 +23,14 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    source: str = "digits"                 # registry name: 'digits' (built in) or 'folder'
-    path: Optional[str] = None             # image folder (one subfolder per class) for 'folder'
-    resolution: int = Field(8, ge=4, le=512)   # images are resized to resolution x resolution
-    channels: Optional[int] = Field(None, ge=1, le=4)  # None: keep the source's (digits: 1)
+    path: str = "data/digits.npz"          # the dataset under data/ (tracked by data.dvc): an .npz or an image folder
+    format: Literal["auto", "npz", "folder"] = "auto"   # auto: a folder is an image folder, *.npz is npz
+    classes: Optional[tuple[str, ...]] = None  # declared classes (label i = classes[i]); None: folder names / npz labels
+    resolution: Optional[int] = Field(None, ge=4, le=512)  # None: keep the source size (all must share one); else resize
+    channels: Optional[Literal[1, 3]] = None   # None: keep the source's (all must share one); else convert
     eval_fraction: float = Field(0.25, gt=0.0, lt=1.0)  # held out of ALL training (teacher, features, student)
     split_seed: int = 0                    # seeded, class-stratified split: same seed, same split
+    min_per_class: int = Field(10, ge=1)   # validation: every declared class needs at least this many images
 
 
 class TeacherConfig(Section):
@@ -121,3 +123,47 @@ def resolve_config(data: Any = None, teacher: Any = None, features: Any = None, 
             raise ConfigError(f"teacher.path '{out['teacher'].path}': no such folder (expected a diffusers "
                               "folder with unet/ and scheduler/)")
     return {k: v.model_dump(mode="json") for k, v in out.items()}
+
+
+SECTIONS = ("data", "teacher", "features", "distill", "evaluation")
+
+
+def merge(base: dict, override: Any) -> dict:
+    """Deep merge: keys of `override` replace those of `base`; nested mappings merge."""
+    out = dict(base)
+    for key, value in (override or {}).items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_params(params_file: Optional[str] = None, **overrides: Any) -> dict[str, dict]:
+    """The parameter file (params.yaml: one mapping per section, shared by ZenML and DVC), with
+    per-section `overrides` merged on top, validated -> sections with defaults filled."""
+    import yaml
+
+    base: dict = {}
+    if params_file:
+        path = Path(params_file)
+        if not path.is_file():
+            raise ConfigError(f"params file '{params_file}': no such file (expected a YAML mapping with "
+                              f"sections {', '.join(SECTIONS)})")
+        try:
+            base = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"params file '{params_file}': not valid YAML{where}") from None
+        if not isinstance(base, dict):
+            raise ConfigError(f"params file '{params_file}': expected a mapping of sections, got {type(base).__name__}")
+        unknown = sorted(set(base) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"params file '{params_file}': unknown section {unknown[0]!r} "
+                              f"(valid: {', '.join(SECTIONS)})")
+    for name, value in overrides.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"config: unknown section {name!r} (valid: {', '.join(SECTIONS)})")
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"config field '{name}': expected a mapping of keys, got {type(value).__name__}")
+        if value:
+            base[name] = merge(base.get(name) or {}, value)
+    return resolve_config(**{name: base.get(name) for name in SECTIONS})

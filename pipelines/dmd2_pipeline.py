@@ -1,23 +1,35 @@
-"""dmd2_pipeline: ingest -> feature net -> teacher -> distill (DMD2) -> evaluate. Wiring only."""
+"""dmd2_pipeline: lineage; ingest -> validate -> dataset -> feature net -> teacher -> distill (DMD2)
+-> evaluate. Wiring only."""
 from typing import Any, Dict, Optional
 
 from zenml import pipeline
 
-from components.config import resolve_config
+from components.config import load_params
+from components.data.versioning import run_lineage
+from steps.dataset import build_dataset
 from steps.distill import distill_step
 from steps.evaluate_student import evaluate_student
 from steps.evaluate_teacher import evaluate_teacher
 from steps.feature_net import feature_net_step
 from steps.ingest import ingest_data
+from steps.lineage import record_lineage
 from steps.teacher import teacher_step
+from steps.validate import validate_data
 
 
 @pipeline(name="dmd2_pipeline")
-def dmd2_pipeline(data: Optional[Dict[str, Any]] = None, teacher: Optional[Dict[str, Any]] = None,
-                  features: Optional[Dict[str, Any]] = None, distill: Optional[Dict[str, Any]] = None,
-                  evaluation: Optional[Dict[str, Any]] = None) -> None:
-    cfg = resolve_config(data, teacher, features, distill, evaluation)   # fail before any step runs
-    dataset = ingest_data(cfg["data"])
+def dmd2_pipeline(params_file: Optional[str] = None, data: Optional[Dict[str, Any]] = None,
+                  teacher: Optional[Dict[str, Any]] = None, features: Optional[Dict[str, Any]] = None,
+                  distill: Optional[Dict[str, Any]] = None, evaluation: Optional[Dict[str, Any]] = None) -> None:
+    """`params_file` (params.yaml, shared with `dvc repro`) gives the parameters; sections passed
+    here are merged over it. Everything is validated before any step runs."""
+    cfg = load_params(params_file, data=data, teacher=teacher, features=features, distill=distill,
+                      evaluation=evaluation)
+    lineage = run_lineage(cfg, params_file)
+    record_lineage(lineage)
+    manifest = ingest_data(cfg["data"], lineage["data_md5"])
+    validation = validate_data(manifest, cfg["data"])
+    dataset = build_dataset(manifest, validation, cfg["data"])
     feature_net = feature_net_step(dataset, cfg["features"])
     teacher_model, _ = teacher_step(dataset, cfg["teacher"])
     student, _, _ = distill_step(teacher_model, dataset, cfg["distill"])

@@ -6,9 +6,9 @@ from zenml import step
 
 from components.config import EvalConfig, parse_section
 from components.data import ImageDataset
-from components.diffusion import Denoiser, state_hash
+from components.diffusion import Denoiser
 from components.metrics import FeatureNet
-from components.metrics.evaluate import evaluate_generator, real_floor, reference_stats
+from components.metrics.evaluate import evaluate_teacher_model
 from components.viz import sample_grid
 from steps.metadata import log_step_metadata
 from steps.names import TEACHER_METRICS, TEACHER_SAMPLE_STATS, TEACHER_SAMPLES
@@ -20,11 +20,7 @@ def evaluate_teacher(teacher: Denoiser, dataset: ImageDataset, feature_net: Feat
         Annotated[Dict[str, Any], TEACHER_METRICS], Annotated[Dict[str, Any], TEACHER_SAMPLE_STATS],
         Annotated[Image.Image, TEACHER_SAMPLES]]:
     cfg = parse_section(EvalConfig, evaluation, "evaluation")
-    refs = reference_stats(feature_net, dataset)
-    metrics, stats, gen = evaluate_generator(teacher, "teacher", feature_net, dataset, refs, cfg.num_samples,
-                                             cfg.seed, cfg.batch_size, progress=True)
-    metrics.update(teacher_sha256=state_hash(teacher), real_floor=real_floor(refs, feature_net))
+    metrics, stats, gen = evaluate_teacher_model(teacher, dataset, feature_net, cfg)
     log_step_metadata({"teacher_fid": metrics["fid"], "teacher_class_acc": metrics["class_acc"],
                   "teacher_nfe": metrics["nfe"]})
-    stats_json = {"mu": stats.mu.tolist(), "sigma": stats.sigma.tolist(), "n": stats.n, "name": stats.name}
-    return metrics, stats_json, sample_grid(gen.images, gen.labels, dataset.num_classes, cfg.grid_per_class)
+    return metrics, stats.to_dict(), sample_grid(gen.images, gen.labels, dataset.num_classes, cfg.grid_per_class)

@@ -1,18 +1,23 @@
-"""Step: read the configured dataset into the shared ImageDataset (with its seeded split)."""
+"""Step: scan the dataset under data/ into the manifest (one row per image, with its seeded split)."""
 from typing import Annotated, Any, Dict
 
+import pandas as pd
 from zenml import step
 
 from components.config import DataConfig, parse_section
-from components.data import ImageDataset, load_dataset
+from components.data import build_manifest, data_format
+from steps.materializers import ManifestMaterializer
 from steps.metadata import log_step_metadata
-from steps.materializers import ImageDatasetMaterializer
-from steps.names import DATASET
+from steps.names import MANIFEST
 
 
-@step(output_materializers=ImageDatasetMaterializer)
-def ingest_data(data: Dict[str, Any]) -> Annotated[ImageDataset, DATASET]:
-    dataset = load_dataset(parse_section(DataConfig, data, "data"))
-    log_step_metadata({"dataset_fingerprint": dataset.fingerprint(), "num_train": int((~dataset.is_eval).sum()),
-                  "num_eval": int(dataset.is_eval.sum()), "shape": str(dataset.shape)})
-    return dataset
+@step(output_materializers={MANIFEST: ManifestMaterializer})
+def ingest_data(data: Dict[str, Any], data_md5: str) -> Annotated[pd.DataFrame, MANIFEST]:
+    """`data_md5` (DVC's hash of data.path, computed when the pipeline is built) keys the cache:
+    changed data re-runs this step and everything downstream."""
+    cfg = parse_section(DataConfig, data, "data")
+    manifest = build_manifest(cfg)
+    log_step_metadata({"data_path": cfg.path, "data_md5": data_md5, "format": data_format(cfg),
+                       "num_images": len(manifest), "num_unreadable": int((~manifest["readable"]).sum()),
+                       "num_eval": int((manifest["split"] == "eval").sum())})
+    return manifest

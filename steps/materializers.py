@@ -1,13 +1,17 @@
 """ZenML materializers: models and data as safetensors + JSON, never pickles."""
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Dict, Type
 
-from zenml.enums import ArtifactType
+import pandas as pd
+from zenml.enums import ArtifactType, VisualizationType
 from zenml.materializers.base_materializer import BaseMaterializer
 from zenml.utils import io_utils
 
-from components.data import ImageDataset
+from components.data import ImageDataset, load_manifest, save_manifest
+from components.data.validation import DataValidationReport
 from components.diffusion.denoiser import Denoiser, EDMDenoiser, VPDenoiser, load_denoiser, save_denoiser, state_hash
 from components.metrics.features import FeatureNet
 
@@ -79,4 +83,55 @@ class ImageDatasetMaterializer(_FolderMaterializer):
                 "classes": ",".join(data.class_names), "source": data.source}
 
 
-__all__ = ["DenoiserMaterializer", "FeatureNetMaterializer", "ImageDatasetMaterializer"]
+class ManifestMaterializer(_FolderMaterializer):
+    """The manifest as typed CSV; the dashboard shows images per class and split."""
+
+    ASSOCIATED_TYPES = (pd.DataFrame,)
+    ASSOCIATED_ARTIFACT_TYPE = ArtifactType.DATA
+
+    def _write(self, data: pd.DataFrame, directory: str) -> None:
+        save_manifest(data, os.path.join(directory, "manifest.csv"))
+
+    def _read(self, directory: str) -> pd.DataFrame:
+        return load_manifest(os.path.join(directory, "manifest.csv"))
+
+    def save_visualizations(self, data: pd.DataFrame) -> Dict[str, VisualizationType]:
+        table = data.assign(unreadable=~data["readable"]).groupby(["class_name", "split"]).agg(
+            images=("path", "size"), unreadable=("unreadable", "sum")).reset_index()
+        uri = os.path.join(self.uri, "per_class.csv")
+        with self.artifact_store.open(uri, "w") as f:
+            table.to_csv(f, index=False)
+        return {uri: VisualizationType.CSV}
+
+    def extract_metadata(self, data: pd.DataFrame) -> Dict[str, Any]:
+        return {"num_images": len(data), "num_eval": int((data["split"] == "eval").sum()),
+                "num_unreadable": int((~data["readable"]).sum()), "classes": int(data["class_name"].nunique())}
+
+
+class DataValidationMaterializer(BaseMaterializer):
+    """The Great Expectations results as JSON, with an HTML page for the dashboard."""
+
+    ASSOCIATED_TYPES = (DataValidationReport,)
+    ASSOCIATED_ARTIFACT_TYPE = ArtifactType.DATA_ANALYSIS
+    SKIP_REGISTRATION = True
+
+    def save(self, data: DataValidationReport) -> None:
+        with self.artifact_store.open(os.path.join(self.uri, "report.json"), "w") as f:
+            json.dump(data.to_dict(), f, indent=1)
+
+    def load(self, data_type: Type[Any]) -> DataValidationReport:
+        with self.artifact_store.open(os.path.join(self.uri, "report.json"), "r") as f:
+            return DataValidationReport.from_dict(json.load(f))
+
+    def save_visualizations(self, data: DataValidationReport) -> Dict[str, VisualizationType]:
+        uri = os.path.join(self.uri, "report.html")
+        with self.artifact_store.open(uri, "w") as f:
+            f.write(data.to_html())
+        return {uri: VisualizationType.HTML}
+
+    def extract_metadata(self, data: DataValidationReport) -> Dict[str, Any]:
+        return {"success": data.success, "expectations": len(data.outcomes), "failed": len(data.failures())}
+
+
+__all__ = ["DataValidationMaterializer", "DenoiserMaterializer", "FeatureNetMaterializer", "ImageDatasetMaterializer",
+           "ManifestMaterializer"]

@@ -11,6 +11,7 @@ import torch  # noqa: E402
 
 from components.config import DataConfig, TeacherConfig  # noqa: E402
 from components.data import load_dataset  # noqa: E402
+from components.data.builtin import materialize_digits  # noqa: E402
 
 TINY_TEACHER = dict(train_steps=20, batch_size=32, block_out_channels=(16, 32), norm_num_groups=4,
                     sampler_steps=3, seed=0)
@@ -31,8 +32,14 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def digits():
-    return load_dataset(DataConfig())
+def digits_npz(tmp_path_factory):
+    """The built-in digits materialised as an npz in a temp folder (tests never need the repo's data/)."""
+    return str(materialize_digits(tmp_path_factory.mktemp("data") / "digits.npz"))
+
+
+@pytest.fixture(scope="session")
+def digits(digits_npz):
+    return load_dataset(DataConfig(path=digits_npz))
 
 
 @pytest.fixture(scope="session")

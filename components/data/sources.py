@@ -1,93 +1,208 @@
-"""Dataset sources: the built-in digits (bundled with scikit-learn) and an image folder.
+"""Dataset formats under data/: an image folder (one subfolder per class) or an EDM-style .npz.
 
-Each source returns (images uint8-range float in [0, 1] as (N, C, H, W), labels, class names);
-`load_dataset` resizes, maps pixels to [-1, 1] and adds the seeded stratified split.
+`build_manifest` scans the source into the manifest (one row per image, with its seeded split);
+an image that cannot be read becomes a row marked unreadable, so validation can list every bad
+file at once. Problems that leave nothing to list (no such path, no images, an npz with the
+wrong arrays or shapes) are a ConfigError naming the file. `load_images` builds the tensors from
+a manifest that passed validation.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
-from typing import Callable
+from typing import Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from components.config import ConfigError, DataConfig
 from components.data.dataset import ImageDataset, stratified_split
+from components.data.manifest import empty_row, finish
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+NPZ_LAYOUT = "'images' (N, H, W, C) uint8 with C 1 or 3, and 'labels' (N,) integers"
 
 
-def digits_source(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """scikit-learn's bundled handwritten digits: 1,797 real 8x8 images, 10 classes, no download."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    images = (d.images.astype(np.float32) / 16.0)[:, None]   # 0..16 -> [0, 1], (N, 1, 8, 8)
-    return images, d.target.astype(np.int64), [str(c) for c in range(10)]
-
-
-def folder_source(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """An image folder with one subfolder per class (PNG/JPEG, grayscale or RGB)."""
-    from PIL import Image, UnidentifiedImageError
-
-    root = Path(cfg.path)
-    if not root.is_dir():
-        raise ConfigError(f"data.path '{root}': no such folder (expected one subfolder per class)")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir())
-             if f.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise ConfigError(f"data.path '{root}': no images found (expected <class>/<image>.png|.jpg subfolders)")
-    mode = {1: "L", 3: "RGB"}.get(cfg.channels or 0)
-    arrays = []
-    for f, _ in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                im = im.convert(mode or ("L" if im.mode in ("L", "1", "I", "I;16", "LA") else "RGB"))
-                if cfg.channels is None:
-                    mode = im.mode                # the first image fixes the channel count
-                im = im.resize((cfg.resolution, cfg.resolution), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.float32) / 255.0
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-            raise ConfigError(f"data.path: cannot read image '{f}' ({type(exc).__name__}: {exc})") from None
-        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-    labels = np.array([i for _, i in files], dtype=np.int64)
-    return np.stack(arrays), labels, classes
-
-
-SOURCES: dict[str, Callable[[DataConfig], tuple[np.ndarray, np.ndarray, list[str]]]] = {
-    "digits": digits_source,
-    "folder": folder_source,
-}
+def data_format(cfg: DataConfig) -> str:
+    """'npz' | 'folder' for cfg.path (ConfigError when it does not exist or is neither)."""
+    path = Path(cfg.path)
+    if not path.exists():
+        raise ConfigError(f"data.path '{path}': no such file or folder (expected an image folder or an .npz "
+                          "under data/; the built-in digits: `make data`)")
+    if cfg.format != "auto":
+        fmt = cfg.format
+    else:
+        fmt = "folder" if path.is_dir() else "npz" if path.suffix == ".npz" else ""
+    if (fmt == "folder") != path.is_dir() or not fmt:
+        raise ConfigError(f"data.path '{path}': expected an image folder (one subfolder per class) or an "
+                          f".npz file{'' if cfg.format == 'auto' else f' (data.format is {cfg.format!r})'}")
+    return fmt
 
 
 def check_data_config(cfg: DataConfig) -> None:
-    """Checks that need no data read: a known source name, and a path for 'folder'."""
-    if cfg.source not in SOURCES:
-        raise ConfigError(f"config field 'data.source': unknown dataset {cfg.source!r}; "
-                          f"valid: {', '.join(sorted(SOURCES))}")
-    if cfg.source == "folder" and not cfg.path:
-        raise ConfigError("config field 'data.path': required when data.source is 'folder'")
+    """Checks that need no image read: the path exists and has a known format."""
+    data_format(cfg)
+
+
+def _stats(arr: np.ndarray) -> dict:
+    """Pixel stats (0..255 scale) and the pixel hash of one (H, W, C) array."""
+    a = arr.astype(np.float64, copy=False)
+    finite = np.isfinite(a)
+    has_nan = bool(np.isnan(a).any())
+    vals = a[finite] if not finite.all() else a
+    h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+    return {"readable": True, "height": int(arr.shape[0]), "width": int(arr.shape[1]), "channels": int(arr.shape[2]),
+            "min": float(vals.min()) if vals.size else np.nan, "max": float(vals.max()) if vals.size else np.nan,
+            "mean": float(vals.mean()) if vals.size else np.nan, "std": float(vals.std()) if vals.size else np.nan,
+            "has_nan": has_nan, "sha256": h.hexdigest()}
+
+
+def read_image(path: Path) -> tuple[np.ndarray, str]:
+    """-> (H, W, C) uint8 with C 1 (grey modes) or 3, and the file's PIL mode. Raises on bad files."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        mode = im.mode
+        arr = np.asarray(im.convert("L" if mode in GREY_MODES else "RGB"))
+    return (arr[..., None] if arr.ndim == 2 else arr), mode
+
+
+def _scan_folder(cfg: DataConfig) -> tuple[list[dict], list[str]]:
+    root = Path(cfg.path)
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = [(f, c) for c in found for f in sorted((root / c).iterdir())
+             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    classes = list(cfg.classes) if cfg.classes else sorted({c for _, c in files})
+    if not files:
+        raise ConfigError(f"data.path '{root}': no images found (expected <class>/<image>.png|.jpg subfolders)")
+    rows = []
+    for i, (f, c) in enumerate(files):
+        label = classes.index(c) if c in classes else -1
+        row = {"path": str(f), "index": i, "label": label, "class_name": c, **empty_row()}
+        try:
+            arr, mode = read_image(f)
+            row.update(_stats(arr), mode=mode)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure makes the row unreadable
+            row["error"] = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:200] or type(exc).__name__
+        rows.append(row)
+    return rows, classes
+
+
+def _open_npz(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """-> images (N, H, W, C), labels (N,), with the layout checked (ConfigError naming the file)."""
+    path = Path(cfg.path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("images", "labels") if k not in z.files]
+            if missing:
+                raise ConfigError(f"data.path '{path}': missing array {missing[0]!r} (expected {NPZ_LAYOUT})")
+            images, labels = z["images"], z["labels"]
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a zip/npy decoding failure
+        raise ConfigError(f"data.path '{path}': cannot read npz ({type(exc).__name__}: {exc})") from None
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ConfigError(f"data.path '{path}': 'images' has shape {images.shape} (expected {NPZ_LAYOUT})")
+    if images.dtype.kind not in "uif":
+        raise ConfigError(f"data.path '{path}': 'images' has dtype {images.dtype} (expected {NPZ_LAYOUT})")
+    if labels.ndim != 1 or labels.dtype.kind not in "ui":
+        raise ConfigError(f"data.path '{path}': 'labels' has shape {labels.shape} dtype {labels.dtype} "
+                          f"(expected {NPZ_LAYOUT})")
+    if len(images) != len(labels):
+        raise ConfigError(f"data.path '{path}': 'images' has {len(images)} rows but 'labels' has {len(labels)}")
+    if len(images) == 0:
+        raise ConfigError(f"data.path '{path}': no images (expected {NPZ_LAYOUT})")
+    return images, labels.astype(np.int64)
+
+
+def _npz_classes(cfg: DataConfig, labels: np.ndarray) -> list[str]:
+    return list(cfg.classes) if cfg.classes else [str(i) for i in range(max(int(labels.max()) + 1, 1))]
+
+
+def _scan_npz(cfg: DataConfig) -> tuple[list[dict], list[str]]:
+    images, labels = _open_npz(cfg)
+    classes = _npz_classes(cfg, labels)
+    rows = []
+    for i, (arr, lab) in enumerate(zip(images, labels)):
+        ok = 0 <= lab < len(classes)
+        rows.append({"path": f"{cfg.path}[{i}]", "index": i, "label": int(lab) if ok else -1,
+                     "class_name": classes[lab] if ok else f"<label {lab}>", **empty_row(),
+                     **_stats(arr), "mode": str(images.dtype)})
+    return rows, classes
+
+
+def build_manifest(cfg: DataConfig) -> pd.DataFrame:
+    """Scan cfg.path -> the manifest, with the seeded class-stratified split."""
+    rows, _ = (_scan_folder if data_format(cfg) == "folder" else _scan_npz)(cfg)
+    labels = np.array([r["label"] for r in rows], dtype=np.int64)
+    return finish(rows, stratified_split(labels, cfg.eval_fraction, cfg.split_seed))
+
+
+def declared_classes(cfg: DataConfig, manifest: pd.DataFrame) -> list[str]:
+    """The classes labels index into: data.classes, else the folder names / 0..max npz label."""
+    if cfg.classes:
+        return list(cfg.classes)
+    if data_format(cfg) == "folder":
+        return sorted(set(manifest["class_name"]))
+    return [str(i) for i in range(int(manifest["label"].max()) + 1)] if len(manifest) else []
+
+
+def validate(cfg: DataConfig, manifest: pd.DataFrame):
+    """The Great Expectations suite on the manifest, with the rules this config implies."""
+    from components.data.validation import validate_manifest
+
+    return validate_manifest(manifest, declared_classes(cfg, manifest), cfg.min_per_class,
+                             check_size=cfg.resolution is None, check_channels=cfg.channels is None)
+
+
+def _arrays(cfg: DataConfig, manifest: pd.DataFrame) -> Iterator[np.ndarray]:
+    if data_format(cfg) == "npz":
+        images, _ = _open_npz(cfg)
+        yield from images[manifest["index"].to_numpy()]
+    else:
+        for p in manifest["path"]:
+            yield read_image(Path(p))[0]
+
+
+def _to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
+    if arr.shape[-1] == channels:
+        return arr
+    if channels == 3:
+        return np.repeat(arr, 3, axis=-1)
+    return (arr.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))[..., None]   # ITU-R 601 luma, as PIL 'L'
+
+
+def load_images(cfg: DataConfig, manifest: pd.DataFrame) -> ImageDataset:
+    """A validated manifest -> ImageDataset in [-1, 1] (resized / converted as configured)."""
+    channels = cfg.channels or int(manifest["channels"].mode().iloc[0])
+    images = []
+    for arr in _arrays(cfg, manifest):
+        x = torch.from_numpy(np.ascontiguousarray(_to_channels(arr, channels), dtype=np.float32) / 255.0)
+        x = x.permute(2, 0, 1)[None]
+        if cfg.resolution is not None and tuple(x.shape[-2:]) != (cfg.resolution, cfg.resolution):
+            x = F.interpolate(x, size=(cfg.resolution, cfg.resolution), mode="bilinear",
+                              align_corners=False, antialias=True)
+        images.append(x)
+    x = (torch.cat(images).clamp(0, 1) * 2 - 1).contiguous().float()
+    labels = torch.from_numpy(manifest["label"].to_numpy(np.int64).copy())
+    is_eval = torch.from_numpy((manifest["split"] == "eval").to_numpy(bool).copy())
+    return ImageDataset(x, labels, is_eval, declared_classes(cfg, manifest), source=f"{data_format(cfg)}:{cfg.path}",
+                        meta={"config": cfg.model_dump(mode="json")})
 
 
 def load_dataset(cfg: DataConfig) -> ImageDataset:
-    """Read the configured source -> ImageDataset in [-1, 1] at cfg.resolution with its split."""
-    check_data_config(cfg)
-    images, labels, classes = SOURCES[cfg.source](cfg)
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    if cfg.channels is not None and x.shape[1] != cfg.channels:
-        if x.shape[1] == 1:
-            x = x.expand(-1, cfg.channels, -1, -1)
-        else:
-            raise ConfigError(f"config field 'data.channels': source has {x.shape[1]} channels, "
-                              f"cannot convert to {cfg.channels}")
-    if x.shape[-1] != cfg.resolution or x.shape[-2] != cfg.resolution:
-        x = F.interpolate(x, size=(cfg.resolution, cfg.resolution), mode="bilinear",
-                          align_corners=False, antialias=True)
-    x = (x.clamp(0, 1) * 2 - 1).contiguous().float()
-    is_eval = stratified_split(labels, cfg.eval_fraction, cfg.split_seed)
-    return ImageDataset(x, torch.from_numpy(labels), torch.from_numpy(is_eval), classes,
-                        source=cfg.source if cfg.source != "folder" else f"folder:{cfg.path}",
-                        meta={"config": cfg.model_dump(mode="json")})
+    """Scan, validate (DataValidationError on failure) and load: the whole ingest in one call."""
+    from components.data.validation import DataValidationError
+
+    manifest = build_manifest(cfg)
+    report = validate(cfg, manifest)
+    if not report.success:
+        raise DataValidationError(report.error_message(cfg.path))
+    return load_images(cfg, manifest)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import torch
 
+from components.config import EvalConfig
 from components.data import ImageDataset
 from components.diffusion.generate import Generated, balanced_labels, generate
 from components.metrics.features import FeatureNet
 from components.metrics.fid import FeatureStats, feature_stats, fid
+from components.metrics.report import summary
 
 
 def reference_stats(feature_net: FeatureNet, data: ImageDataset) -> dict[str, FeatureStats]:
@@ -48,3 +50,26 @@ def evaluate_generator(denoiser, name: str, feature_net: FeatureNet, data: Image
     gen = generate(denoiser, labels, seed, batch_size, progress=progress, desc=f"sampling {name}")
     metrics, stats = score_samples(gen, name, feature_net, refs)
     return metrics, stats, gen
+
+
+def evaluate_teacher_model(teacher, data: ImageDataset, feature_net: FeatureNet, cfg: EvalConfig,
+                           progress: bool = True) -> tuple[dict, FeatureStats, Generated]:
+    """The teacher's figures at its own multi-step sampler, with the real-vs-real floor."""
+    from components.diffusion import state_hash
+
+    refs = reference_stats(feature_net, data)
+    metrics, stats, gen = evaluate_generator(teacher, "teacher", feature_net, data, refs, cfg.num_samples,
+                                             cfg.seed, cfg.batch_size, progress=progress)
+    metrics.update(teacher_sha256=state_hash(teacher), real_floor=real_floor(refs, feature_net))
+    return metrics, stats, gen
+
+
+def evaluate_student_model(student, data: ImageDataset, feature_net: FeatureNet, teacher_metrics: dict,
+                           teacher_stats: FeatureStats, cfg: EvalConfig,
+                           progress: bool = True) -> tuple[dict, Generated]:
+    """The student's figures beside the teacher's -> (summary of the run, the student's samples)."""
+    refs = reference_stats(feature_net, data)
+    student_m, stats, gen = evaluate_generator(student, "student", feature_net, data, refs, cfg.num_samples,
+                                               cfg.seed, cfg.batch_size, progress=progress)
+    gap = fid(stats, teacher_stats, feature_net.name).as_dict()
+    return summary(teacher_metrics, student_m, gap), gen

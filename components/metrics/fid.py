@@ -18,6 +18,14 @@ class FeatureStats:
     n: int
     name: str
 
+    def to_dict(self) -> dict:
+        """JSON-ready (float64 survives the round trip exactly)."""
+        return {"mu": self.mu.tolist(), "sigma": self.sigma.tolist(), "n": self.n, "name": self.name}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureStats":
+        return cls(np.asarray(d["mu"], dtype=np.float64), np.asarray(d["sigma"], dtype=np.float64), d["n"], d["name"])
+
 
 def feature_stats(features: torch.Tensor | np.ndarray, name: str) -> FeatureStats:
     f = np.asarray(features, dtype=np.float64)

@@ -16,6 +16,7 @@ def summary(teacher: dict, student: dict, gap: dict) -> dict:
         "fid_ratio": student["fid"] / teacher["fid"] if teacher["fid"] > 0 else float("inf"),
         "distill_gap_fid": gap["fid"], "real_floor_fid": floor["fid"],
         # per-image times in different processes/steps; the benchmark measures both in one process
+        "nfe_speedup": teacher["nfe"] / student["nfe"],
         "sampling_speedup": (t_sec / teacher["num_samples"]) / (s_sec / student["num_samples"]),
         "feature_net": student["fid_detail"]["feature_net"],
         "num_samples": student["num_samples"],

@@ -6,7 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
+from PIL import Image
+
+from components.data.builtin import write_npz
 
 ROOT = Path(__file__).resolve().parents[2]
 ZENML = str(Path(sys.executable).with_name("zenml"))
@@ -19,6 +24,7 @@ out = {"status": str(run.status), "steps": {n: str(s.status) for n, s in run.ste
        "outputs": {n: sorted(s.outputs) for n, s in run.steps.items()}}
 m = run.steps["evaluate_student"].outputs["metrics"][0].load()
 out["metrics"] = {k: m[k] for k in ("teacher_fid", "student_fid", "student_nfe", "teacher_nfe", "feature_net", "num_samples")}
+out["run_metadata"] = {k: v for k, v in run.run_metadata.items() if k != "lineage"}
 student = run.steps["distill_step"].outputs["student"][0]
 out["student_uri_files"] = sorted(p.name for p in __import__("pathlib").Path(student.uri).rglob("*") if p.is_file())
 print(json.dumps(out))
@@ -45,17 +51,35 @@ def _run(env, config):
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
 
 
-def test_pipeline_runs_end_to_end(zenml_env):
-    r = _run(zenml_env, ROOT / "tests" / "pipelines" / "tiny.yaml")
+def _tiny(tmp_path, data_path) -> Path:
+    """tests/pipelines/tiny.yaml with data.path pointing at a temp dataset."""
+    cfg = yaml.safe_load((ROOT / "tests" / "pipelines" / "tiny.yaml").read_text())
+    cfg["parameters"]["data"] = {"path": str(data_path)}
+    out = tmp_path / f"tiny-{Path(data_path).stem}.yaml"
+    out.write_text(yaml.safe_dump(cfg))
+    return out
+
+
+def _inspect(env):
+    info = subprocess.run([sys.executable, "-c", INSPECT], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert info.returncode == 0, info.stderr[-3000:]
+    return json.loads(info.stdout.strip().splitlines()[-1])
+
+
+STEPS = {"record_lineage", "ingest_data", "validate_data", "build_dataset", "feature_net_step", "teacher_step",
+         "distill_step", "evaluate_teacher", "evaluate_student"}
+
+
+def test_pipeline_runs_end_to_end(zenml_env, tmp_path, digits_npz):
+    data = tmp_path / "digits.npz"
+    shutil.copy(digits_npz, data)
+    r = _run(zenml_env, _tiny(tmp_path, data))
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert "FID vs eval split" in r.stdout + r.stderr          # the summary table is printed
-    info = subprocess.run([sys.executable, "-c", INSPECT], env=zenml_env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert info.returncode == 0, info.stderr[-3000:]
-    out = json.loads(info.stdout.strip().splitlines()[-1])
+    out = _inspect(zenml_env)
     assert out["status"].endswith("completed")
-    assert set(out["steps"]) == {"ingest_data", "feature_net_step", "teacher_step", "distill_step",
-                                 "evaluate_teacher", "evaluate_student"}
+    assert set(out["steps"]) == STEPS
     assert all(s.endswith("completed") for s in out["steps"].values())
     assert out["outputs"]["distill_step"] == ["distill_history", "distill_loss_curve", "student"]
     assert out["outputs"]["evaluate_student"] == ["metrics", "student_samples"]
@@ -65,13 +89,31 @@ def test_pipeline_runs_end_to_end(zenml_env):
     assert "diffusion_pytorch_model.safetensors" in out["student_uri_files"]
     assert not any(f.endswith((".pkl", ".pickle", ".pt", ".bin")) for f in out["student_uri_files"])
 
+    assert out["outputs"]["validate_data"] == ["data_validation"] and out["outputs"]["ingest_data"] == ["data_manifest"]
+    # lineage: the git commit and the data's DVC hash are run metadata
+    meta = out["run_metadata"]
+    assert len(meta["git_commit"]) == 40
+    from components.data.versioning import dvc_md5
+    assert meta["data_md5"] == dvc_md5(data) and meta["params_file"] == "params.yaml"
+
     # second run: ingest, feature net and teacher come from the cache
-    r2 = _run(zenml_env, ROOT / "tests" / "pipelines" / "tiny.yaml")
+    r2 = _run(zenml_env, _tiny(tmp_path, data))
     assert r2.returncode == 0, (r2.stdout + r2.stderr)[-4000:]
-    info2 = subprocess.run([sys.executable, "-c", INSPECT], env=zenml_env, cwd=ROOT, capture_output=True,
-                           text=True, timeout=300)
-    steps2 = json.loads(info2.stdout.strip().splitlines()[-1])["steps"]
-    assert steps2["teacher_step"].endswith("cached")
+    steps2 = _inspect(zenml_env)["steps"]
+    assert steps2["ingest_data"].endswith("cached") and steps2["teacher_step"].endswith("cached")
+    assert steps2["record_lineage"].endswith("completed")        # lineage is recorded on every run
+
+    # changed data (one pixel, same path): a new hash re-runs ingest and everything downstream
+    with np.load(data) as z:
+        images, labels = z["images"].copy(), z["labels"].copy()
+    images[0, 3, 3, 0] ^= 1
+    write_npz(data, {"images": images, "labels": labels})
+    r3 = _run(zenml_env, _tiny(tmp_path, data))
+    assert r3.returncode == 0, (r3.stdout + r3.stderr)[-4000:]
+    out3 = _inspect(zenml_env)
+    assert out3["run_metadata"]["data_md5"] == dvc_md5(data) != meta["data_md5"]
+    for name in ("ingest_data", "build_dataset", "feature_net_step", "teacher_step", "evaluate_teacher"):
+        assert out3["steps"][name].endswith("completed"), (name, out3["steps"][name])
 
 
 def test_bad_config_fails_before_any_step(zenml_env, tmp_path):
@@ -86,9 +128,42 @@ def test_bad_config_fails_before_any_step(zenml_env, tmp_path):
 def test_empty_image_folder_fails_in_ingest_with_nothing_downstream(zenml_env, tmp_path):
     (tmp_path / "imgs" / "cat").mkdir(parents=True)
     cfg = tmp_path / "folder.yaml"
-    cfg.write_text(f"parameters:\n  data: {{source: folder, path: '{tmp_path / 'imgs'}'}}\n")
+    cfg.write_text(f"parameters:\n  data: {{path: '{tmp_path / 'imgs'}'}}\n")
     r = _run(zenml_env, cfg)
     out = r.stdout + r.stderr
     assert r.returncode != 0
     assert "no images found" in out and str(tmp_path / "imgs") in out
     assert "Step teacher_step has started" not in out
+
+
+def test_failed_validation_stops_before_training_and_keeps_the_report(zenml_env, tmp_path):
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    (tmp_path / "imgs" / "dog" / "zero.png").write_bytes(b"")
+    cfg = tmp_path / "bad-data.yaml"
+    cfg.write_text(f"parameters:\n  data: {{path: '{tmp_path / 'imgs'}', min_per_class: 5}}\n")
+    r = _run(zenml_env, cfg)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "data validation failed" in out and "every image readable" in out and "zero.png" in out
+    assert "Step teacher_step has started" not in out and "Step feature_net_step has started" not in out
+    check = subprocess.run([sys.executable, "-c", VALIDATION], env=zenml_env, cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+    assert check.returncode == 0, check.stderr[-3000:]
+    result = json.loads(check.stdout.strip().splitlines()[-1])
+    assert result["validate"].endswith("completed") and result["build"].endswith("failed")
+    assert result["success"] is False and "zero.png" in result["html"]
+
+
+VALIDATION = r"""
+import json
+from zenml.client import Client
+run = Client().list_pipeline_runs(sort_by="desc:created", size=1)[0]
+art = run.steps["validate_data"].outputs["data_validation"][0]
+html = art.visualizations and __import__("pathlib").Path(art.visualizations[0].uri).read_text()
+print(json.dumps({"validate": str(run.steps["validate_data"].status), "build": str(run.steps["build_dataset"].status),
+                  "success": art.load().success, "html": html or ""}))
+"""

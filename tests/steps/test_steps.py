@@ -2,24 +2,33 @@
 import pytest
 from PIL import Image
 
+import pandas as pd
+
 from components.config import ConfigError
 from components.data import ImageDataset
+from components.data.validation import DataValidationError, DataValidationReport
 from components.diffusion import Denoiser
 from components.metrics import FeatureNet
+from steps.dataset import build_dataset
 from steps.distill import distill_step
 from steps.evaluate_student import evaluate_student
 from steps.evaluate_teacher import evaluate_teacher
 from steps.feature_net import feature_net_step
 from steps.ingest import ingest_data
 from steps.teacher import teacher_step
+from steps.validate import validate_data
 from tests.conftest import TINY_TEACHER
 
 EVAL = {"num_samples": 60, "batch_size": 30, "grid_per_class": 2}
 
 
 @pytest.fixture(scope="module")
-def chain():
-    dataset = ingest_data.entrypoint({"source": "digits"})
+def chain(digits_npz):
+    data = {"path": digits_npz}
+    manifest = ingest_data.entrypoint(data, "md5-of-the-data")
+    report = validate_data.entrypoint(manifest, data)
+    assert isinstance(manifest, pd.DataFrame) and isinstance(report, DataValidationReport) and report.success
+    dataset = build_dataset.entrypoint(manifest, report, data)
     fnet = feature_net_step.entrypoint(dataset, {"dim": 16, "train_steps": 40})
     teacher, curve = teacher_step.entrypoint(dataset, dict(TINY_TEACHER, block_out_channels=[16, 32]))
     student, history, dcurve = distill_step.entrypoint(
@@ -50,8 +59,19 @@ def test_evaluate_steps(chain):
     assert isinstance(grid, Image.Image)
 
 
-def test_step_rejects_bad_config():
-    with pytest.raises(ConfigError, match=r"data\.source"):
-        ingest_data.entrypoint({"source": "imagenet"})
+def test_failed_validation_stops_before_the_dataset(digits_npz):
+    data = {"path": digits_npz, "min_per_class": 500}
+    manifest = ingest_data.entrypoint(data, "")
+    report = validate_data.entrypoint(manifest, data)           # stored either way; never raises
+    assert not report.success and "at least 500 images per class" in report.to_html()
+    with pytest.raises(DataValidationError, match=r"at least 500 images per class: .*class '0'"):
+        build_dataset.entrypoint(manifest, report, data)
+
+
+def test_step_rejects_bad_config(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.format"):
+        ingest_data.entrypoint({"format": "imagenet"}, "")
+    with pytest.raises(ConfigError, match=r"data\.path '.*absent': no such file"):
+        ingest_data.entrypoint({"path": str(tmp_path / "absent")}, "")
     with pytest.raises(ConfigError, match=r"features\.dim"):
         feature_net_step.entrypoint(None, {"dim": "wide"})

@@ -1,0 +1,84 @@
+"""Lineage: the dataset's DVC hash and the code's git commit, computed without running DVC.
+
+`dvc_md5` reproduces DVC 3's content hash (what `dvc add` writes into a .dvc file): the md5 of a
+file's bytes, or for a folder the md5 of the JSON list of {md5, relpath} of its files plus
+".dir". Equal data <=> equal hash, on any machine, so it can key ZenML's step cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+
+
+def _file_md5(path: Path) -> str:
+    h = hashlib.md5()  # noqa: S324 - DVC's content hash, not a security measure
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dvc_md5(path: str | os.PathLike) -> str:
+    """DVC's md5 of a file or a folder (folder hashes end in '.dir'). Hidden entries count too."""
+    path = Path(path)
+    if path.is_file():
+        return _file_md5(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"'{path}': no such file or folder")
+    files = sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
+    entries = [{"md5": _file_md5(p), "relpath": p.relative_to(path).as_posix()} for p in files]
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"  # noqa: S324
+
+
+def dvc_tracking(path: str | os.PathLike) -> dict:
+    """The .dvc file that tracks `path` (itself or a parent folder) and its recorded hash, if any."""
+    p = Path(path).absolute()
+    for candidate in (p, *p.parents):
+        if not candidate.name:
+            break
+        dvc_file = candidate.with_name(candidate.name + ".dvc")
+        if dvc_file.is_file():
+            outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+            out = outs[0]
+            return {"dvc_file": os.path.relpath(dvc_file), "dvc_path": os.path.relpath(candidate),
+                    "dvc_md5": str(out.get("md5", ""))}
+    return {"dvc_file": "", "dvc_path": "", "dvc_md5": ""}
+
+
+def git_info(cwd: str | os.PathLike | None = None) -> dict:
+    """Commit and dirty flag of the checkout (empty when not a git checkout or git is missing)."""
+    def run(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        commit = run("rev-parse", "HEAD")
+        dirty = bool(run("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": "", "git_dirty": False}
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+def data_lineage(path: str | os.PathLike) -> dict:
+    """What a run records about its data: the content hash of `path`, and of the DVC-tracked folder
+    around it as committed (.dvc) and as found in the workspace."""
+    tracking = dvc_tracking(path)
+    info = {"data_path": str(path), "data_md5": dvc_md5(path), **tracking, "dvc_workspace_md5": ""}
+    if tracking["dvc_path"]:
+        info["dvc_workspace_md5"] = dvc_md5(tracking["dvc_path"]) if Path(tracking["dvc_path"]) != Path(path) \
+            else info["data_md5"]
+    info["dvc_clean"] = bool(tracking["dvc_md5"]) and info["dvc_workspace_md5"] == tracking["dvc_md5"]
+    return info
+
+
+def run_lineage(config: dict, params_file: str | None = None) -> dict:
+    """Everything a run records to say which data, code and parameters made it."""
+    from datetime import datetime, timezone
+
+    params_sha = hashlib.sha256(Path(params_file).read_bytes()).hexdigest() if params_file else ""
+    return {**git_info(), **data_lineage(config["data"]["path"]), "params_file": params_file or "",
+            "params_sha256": params_sha, "config": config,
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

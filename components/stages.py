@@ -1,0 +1,171 @@
+"""The DVC stages of dvc.yaml: the same components and the same params.yaml as dmd2_pipeline.
+
+    python -m components.stages data      --params params.yaml --out artifacts/dataset
+    python -m components.stages features  --params params.yaml --dataset artifacts/dataset --out artifacts/feature_net
+    python -m components.stages teacher   --params params.yaml --dataset artifacts/dataset --out artifacts/teacher
+    python -m components.stages distill   --params params.yaml --dataset ... --teacher ... --out artifacts/student
+    python -m components.stages evaluate  --params params.yaml --dataset ... --features ... --teacher ... --student ...
+                                          --metrics metrics.json --out artifacts/eval
+
+Each stage writes into a temp folder beside its output and renames it when done, so a failed or
+killed stage leaves nothing half-written. Bad input exits 1 with one line naming the file/field.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from components.config import ConfigError, DataConfig, EvalConfig, FeatureNetConfig, TeacherConfig, load_params
+
+
+@contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp folder; on success it replaces `out`, on failure it is removed."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def write_json(path: str | os.PathLike, obj: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "iteration", k))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def stage_data(cfg: dict, out: str) -> None:
+    """Scan -> validate (Great Expectations) -> dataset; the manifest and the report go beside it."""
+    from components.data import build_manifest, load_images, save_manifest, validate
+    from components.data.validation import DataValidationError
+
+    data_cfg = DataConfig(**cfg["data"])
+    manifest = build_manifest(data_cfg)
+    report = validate(data_cfg, manifest)
+    if not report.success:
+        raise DataValidationError(report.error_message(data_cfg.path))
+    dataset = load_images(data_cfg, manifest)
+    with atomic_dir(out) as tmp:
+        dataset.save(tmp)
+        save_manifest(manifest, tmp / "manifest.csv")
+        write_json(tmp / "validation.json", report.to_dict())
+        (tmp / "validation.html").write_text(report.to_html())
+    print(f"dataset: {len(manifest)} images, {int(dataset.is_eval.sum())} eval, shape {dataset.shape} -> {out}")
+
+
+def stage_features(cfg: dict, dataset_dir: str, out: str) -> None:
+    from components.data import ImageDataset
+    from components.metrics import train_feature_net
+
+    net, info = train_feature_net(FeatureNetConfig(**cfg["features"]), ImageDataset.load(dataset_dir))
+    with atomic_dir(out) as tmp:
+        net.save_pretrained(tmp)
+    print(f"feature net {net.name}: {info} -> {out}")
+
+
+def stage_teacher(cfg: dict, dataset_dir: str, out: str, plots: str) -> None:
+    from components.data import ImageDataset
+    from components.diffusion import save_denoiser
+    from components.teacher import get_teacher
+    from components.training import select_device
+    from components.viz import windowed
+
+    teacher, losses = get_teacher(TeacherConfig(**cfg["teacher"]), ImageDataset.load(dataset_dir),
+                                  select_device("auto"))
+    with atomic_dir(out) as tmp:
+        save_denoiser(teacher, tmp)
+    Path(plots).parent.mkdir(parents=True, exist_ok=True)
+    write_csv(Path(plots), windowed(losses or []))
+
+
+def stage_distill(cfg: dict, dataset_dir: str, teacher_dir: str, out: str, plots: str) -> None:
+    from components.data import ImageDataset
+    from components.diffusion import load_denoiser, save_denoiser
+    from components.methods import build_method, distill
+
+    dataset = ImageDataset.load(dataset_dir)
+    teacher = load_denoiser(teacher_dir, what="teacher")
+    method = build_method(teacher, cfg["distill"], dataset)
+    t0 = time.perf_counter()
+    history = distill(method)
+    print(f"distillation: {time.perf_counter() - t0:.0f} s")
+    with atomic_dir(out) as tmp:
+        save_denoiser(method.student(), tmp)
+    Path(plots).parent.mkdir(parents=True, exist_ok=True)
+    write_csv(Path(plots), history)
+
+
+def stage_evaluate(cfg: dict, dataset_dir: str, features_dir: str, teacher_dir: str, student_dir: str,
+                   metrics: str, out: str) -> None:
+    from components.data import ImageDataset
+    from components.diffusion import load_denoiser
+    from components.metrics import FeatureNet, FeatureStats
+    from components.metrics.evaluate import evaluate_student_model, evaluate_teacher_model
+    from components.metrics.report import summary_table
+    from components.viz import sample_grid
+
+    ev = EvalConfig(**cfg["evaluation"])
+    dataset, net = ImageDataset.load(dataset_dir), FeatureNet.from_pretrained(features_dir)
+    teacher, student = load_denoiser(teacher_dir, what="teacher"), load_denoiser(student_dir, what="student")
+    t_metrics, t_stats, t_gen = evaluate_teacher_model(teacher, dataset, net, ev)
+    # the same JSON round trip as between the pipeline's two evaluate steps
+    t_metrics, t_stats = json.loads(json.dumps(t_metrics)), FeatureStats.from_dict(t_stats.to_dict())
+    result, s_gen = evaluate_student_model(student, dataset, net, t_metrics, t_stats, ev)
+    with atomic_dir(out) as tmp:
+        for name, gen in (("teacher", t_gen), ("student", s_gen)):
+            sample_grid(gen.images, gen.labels, dataset.num_classes, ev.grid_per_class).save(tmp / f"{name}_samples.png")
+    write_json(metrics, result)
+    print(summary_table(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("stage", choices=["data", "features", "teacher", "distill", "evaluate"])
+    ap.add_argument("--params", default="params.yaml")
+    for name in ("dataset", "features", "teacher", "student", "metrics", "plots"):
+        ap.add_argument(f"--{name}")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    try:
+        cfg = load_params(a.params)
+        if a.stage == "data":
+            stage_data(cfg, a.out)
+        elif a.stage == "features":
+            stage_features(cfg, a.dataset, a.out)
+        elif a.stage == "teacher":
+            stage_teacher(cfg, a.dataset, a.out, a.plots)
+        elif a.stage == "distill":
+            stage_distill(cfg, a.dataset, a.teacher, a.out, a.plots)
+        else:
+            stage_evaluate(cfg, a.dataset, a.features, a.teacher, a.student, a.metrics, a.out)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
