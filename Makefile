@@ -10,7 +10,7 @@ export WANDB_MODE := offline
 export GX_ANALYTICS_ENABLED := false
 export AUTO_OPEN_DASHBOARD := false
 
-.PHONY: install run test benchmark clean
+.PHONY: install data run repro test benchmark clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -24,9 +24,21 @@ install: $(BIN)/.installed
 .zen: | $(BIN)/.installed
 	$(BIN)/zenml init
 
-# The embedded default: digits -> teacher -> one-step DMD2 -> FIDs, on the active ZenML stack.
-run: install .zen
+# The built-in digits written into data/ - the same bytes on every machine, so the committed
+# data.dvc holds (`dvc status data.dvc` says so). Your own data: see README "Bring your own dataset".
+data/digits.npz: | $(BIN)/.installed
+	$(BIN)/python -m components.data.builtin --out $@
+
+data: data/digits.npz
+	$(BIN)/dvc status data.dvc
+
+# The embedded default: digits -> validate -> teacher -> one-step DMD2 -> FIDs, on the active ZenML stack.
+run: install .zen data
 	$(BIN)/zenml pipeline run pipelines.dmd2_pipeline -c configs/dmd2_local.yaml
+
+# The same result rebuilt by DVC from dvc.yaml + params.yaml (stages run the venv's python).
+repro: install data
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 # Component, step and pipeline tests (CPU, a few minutes). No tests collected (exit 5) is a failure.
 test: install

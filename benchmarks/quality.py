@@ -68,7 +68,7 @@ def evaluate(run, num_samples: int | None, seeds: int, batch_size: int) -> dict:
 
     steps = run.steps
     load = lambda step, out: steps[step].outputs[out][0].load()  # noqa: E731
-    data, fnet = load("ingest_data", names.DATASET), load("feature_net_step", names.FEATURE_NET)
+    data, fnet = load("build_dataset", names.DATASET), load("feature_net_step", names.FEATURE_NET)
     teacher, student = load("teacher_step", names.TEACHER), load("distill_step", names.STUDENT)
     n = num_samples or steps["evaluate_teacher"].config.parameters["evaluation"]["num_samples"]
     refs = reference_stats(fnet, data)

@@ -6,6 +6,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -53,3 +54,15 @@ def tiny_teacher(digits, tiny_teacher_cfg):
 
     teacher, _ = get_teacher(tiny_teacher_cfg, digits, progress=False)
     return teacher
+
+
+def write_image_folder(root, classes=("cat", "dog"), n=12, size=(10, 10), mode="RGB", seed=0):
+    """root/<class>/<i>.png of seeded random pixels: a valid image-folder dataset."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arr = rng.integers(0, 255, (*size, 3) if mode == "RGB" else size, dtype=np.uint8)
+            Image.fromarray(arr, mode).save(root / c / f"{i}.png")

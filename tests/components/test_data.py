@@ -13,6 +13,7 @@ from components.data import ImageDataset, build_manifest, load_dataset, load_man
 from components.data.builtin import materialize_digits, write_npz
 from components.data.validation import DataValidationError
 from components.data.versioning import data_lineage, dvc_md5, git_info
+from tests.conftest import write_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,21 +107,12 @@ def test_resolution_and_channels_from_config(digits_npz):
     assert torch.equal(d.images[:, 0], d.images[:, 2])
 
 
-def _write_folder(root, classes=("cat", "dog"), n=12, size=(10, 10), mode="RGB"):
-    rng = np.random.default_rng(0)
-    for c in classes:
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            arr = rng.integers(0, 255, (*size, 3) if mode == "RGB" else size, dtype=np.uint8)
-            Image.fromarray(arr, mode).save(root / c / f"{i}.png")
-
-
 def _folder_cfg(root, **kw):
     return DataConfig(path=str(root), min_per_class=kw.pop("min_per_class", 5), **kw)
 
 
 def test_image_folder(tmp_path):
-    _write_folder(tmp_path)
+    write_image_folder(tmp_path)
     d = load_dataset(_folder_cfg(tmp_path, resolution=8))
     assert d.images.shape == (24, 3, 8, 8)
     assert d.class_names == ["cat", "dog"]
@@ -129,7 +121,7 @@ def test_image_folder(tmp_path):
 
 
 def test_image_folder_grayscale_keeps_its_size(tmp_path):
-    _write_folder(tmp_path, mode="L")
+    write_image_folder(tmp_path, mode="L")
     d = load_dataset(_folder_cfg(tmp_path))
     assert d.images.shape[1:] == (1, 10, 10)
 
@@ -155,21 +147,21 @@ def _validation_error(cfg) -> str:
 
 
 def test_corrupted_png_is_named(tmp_path):
-    _write_folder(tmp_path)
+    write_image_folder(tmp_path)
     (tmp_path / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
     msg = _validation_error(_folder_cfg(tmp_path))
     assert "every image readable" in msg and "broken.png" in msg
 
 
 def test_zero_byte_file_is_named(tmp_path):
-    _write_folder(tmp_path)
+    write_image_folder(tmp_path)
     (tmp_path / "cat" / "empty.png").write_bytes(b"")
     msg = _validation_error(_folder_cfg(tmp_path))
     assert "every image readable" in msg and "empty.png" in msg
 
 
 def test_mixed_sizes_need_resize(tmp_path):
-    _write_folder(tmp_path)
+    write_image_folder(tmp_path)
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "cat" / "big.png")
     msg = _validation_error(_folder_cfg(tmp_path))
     assert "one image size" in msg and "big.png" in msg
@@ -178,7 +170,7 @@ def test_mixed_sizes_need_resize(tmp_path):
 
 
 def test_unknown_class_folder(tmp_path):
-    _write_folder(tmp_path, classes=("cat", "dog", "cta"))
+    write_image_folder(tmp_path, classes=("cat", "dog", "cta"))
     msg = _validation_error(_folder_cfg(tmp_path, classes=("cat", "dog")))
     assert "labels within the declared classes" in msg and "cta" in msg
 
@@ -224,12 +216,12 @@ def test_not_an_npz(tmp_path):
 
 
 def test_too_few_per_class_and_cross_split_duplicates(tmp_path):
-    _write_folder(tmp_path, classes=("cat", "dog"), n=12)
-    _write_folder(tmp_path, classes=("emu",), n=3)
+    write_image_folder(tmp_path, classes=("cat", "dog"), n=12)
+    write_image_folder(tmp_path, classes=("emu",), n=3)
     msg = _validation_error(_folder_cfg(tmp_path))
     assert "at least 5 images per class" in msg and "emu" in msg
     dup = tmp_path / "dups"
-    _write_folder(dup, n=12)
+    write_image_folder(dup, n=12)
     for i in range(12):                                   # every cat is also a dog: duplicates in both splits
         (dup / "dog" / f"{i}.png").write_bytes((dup / "cat" / f"{i}.png").read_bytes())
     msg = _validation_error(_folder_cfg(dup))

@@ -1,20 +1,16 @@
 """End to end: the README's `zenml pipeline run` command on a tiny config and a throwaway store."""
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
-from PIL import Image
 
 from components.data.builtin import write_npz
-
-ROOT = Path(__file__).resolve().parents[2]
-ZENML = str(Path(sys.executable).with_name("zenml"))
+from tests.conftest import write_image_folder
+from tests.pipelines.conftest import ROOT, run_zenml as _run
 
 INSPECT = r"""
 import json, sys
@@ -29,26 +25,6 @@ student = run.steps["distill_step"].outputs["student"][0]
 out["student_uri_files"] = sorted(p.name for p in __import__("pathlib").Path(student.uri).rglob("*") if p.is_file())
 print(json.dumps(out))
 """
-
-
-@pytest.fixture(scope="module")
-def zenml_env(tmp_path_factory):
-    """A throwaway ZenML store and repository: never touches the user's stack."""
-    tmp = tmp_path_factory.mktemp("zenml")
-    env = dict(os.environ, ZENML_CONFIG_PATH=str(tmp / "config"), ZENML_ANALYTICS_OPT_IN="false",
-               DVC_NO_ANALYTICS="1", WANDB_MODE="offline", AUTO_OPEN_DASHBOARD="false",
-               ZENML_REPOSITORY_PATH=str(tmp / "repo"), ZENML_CUSTOM_SOURCE_ROOT=str(ROOT),
-               ZENML_LOGGING_COLORS_DISABLED="true")
-    (tmp / "repo").mkdir()
-    subprocess.run([ZENML, "init", "--path", str(tmp / "repo")], env=env, check=True, capture_output=True,
-                   cwd=ROOT, timeout=300)
-    yield env
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _run(env, config):
-    return subprocess.run([ZENML, "pipeline", "run", "pipelines.dmd2_pipeline", "-c", str(config)],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
 
 
 def _tiny(tmp_path, data_path) -> Path:
@@ -137,11 +113,7 @@ def test_empty_image_folder_fails_in_ingest_with_nothing_downstream(zenml_env, t
 
 
 def test_failed_validation_stops_before_training_and_keeps_the_report(zenml_env, tmp_path):
-    rng = np.random.default_rng(0)
-    for c in ("cat", "dog"):
-        (tmp_path / "imgs" / c).mkdir(parents=True)
-        for i in range(12):
-            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    write_image_folder(tmp_path / "imgs", mode="L")
     (tmp_path / "imgs" / "dog" / "zero.png").write_bytes(b"")
     cfg = tmp_path / "bad-data.yaml"
     cfg.write_text(f"parameters:\n  data: {{path: '{tmp_path / 'imgs'}', min_per_class: 5}}\n")

@@ -1,0 +1,125 @@
+"""DVC end to end: `dvc repro` of dvc.yaml on a tiny params.yaml in a throwaway repo, the same
+figures as `zenml pipeline run` with the same parameters, and the DVC commands users run."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import merge
+from components.data.builtin import materialize_digits
+from tests.conftest import write_image_folder
+from tests.pipelines.conftest import ROOT, run_zenml
+
+BIN = Path(sys.executable).parent
+DVC = str(BIN / "dvc")
+# figures that depend only on seeds and parameters (wall-clock figures differ from run to run)
+DETERMINISTIC = ("teacher_fid", "teacher_fid_train", "teacher_class_acc", "teacher_nfe", "student_fid",
+                 "student_fid_train", "student_class_acc", "student_nfe", "distill_gap_fid", "real_floor_fid",
+                 "nfe_speedup", "teacher_sha256", "num_samples", "feature_net")
+
+
+def tiny_params(data_path: Path) -> dict:
+    """params.yaml with the overrides of tests/pipelines/tiny.yaml: the same values ZenML gets."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    tiny = yaml.safe_load((ROOT / "tests" / "pipelines" / "tiny.yaml").read_text())["parameters"]
+    for section, values in tiny.items():
+        if section != "params_file":
+            params[section] = merge(params[section], values)
+    params["data"]["path"] = str(data_path)
+    return params
+
+
+def _sh(args, cwd, env, check=True) -> subprocess.CompletedProcess:
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    if check:
+        assert r.returncode == 0, f"{args}: {(r.stdout + r.stderr)[-3000:]}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory):
+    """A git + DVC repo holding the project's dvc.yaml and components/, with tiny parameters."""
+    repo = tmp_path_factory.mktemp("dvcrepo")
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copytree(ROOT / "components", repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    materialize_digits(repo / "data" / "digits.npz")
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(repo / "data" / "digits.npz"), sort_keys=False))
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", DVC_NO_ANALYTICS="1",
+               GX_ANALYTICS_ENABLED="false", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    _sh(["git", "init", "-q"], repo, env)
+    _sh([DVC, "init", "-q"], repo, env)
+    first = _sh([DVC, "repro"], repo, env)
+    return repo, env, first
+
+
+def test_dvc_repro_builds_everything_then_does_nothing(dvc_repo):
+    repo, env, first = dvc_repo
+    for stage in ("data", "features", "teacher", "distill", "evaluate"):
+        assert f"Running stage '{stage}'" in first.stdout
+    metrics = json.loads((repo / "metrics.json").read_text())
+    assert metrics["student_nfe"] == 1 and metrics["teacher_nfe"] == 5 and metrics["num_samples"] == 100
+    for d in ("dataset", "feature_net", "teacher", "student", "eval"):
+        assert (repo / "artifacts" / d).is_dir()
+    files = [p.name for p in (repo / "artifacts").rglob("*") if p.is_file()]
+    assert "diffusion_pytorch_model.safetensors" in files and "manifest.csv" in files and "validation.html" in files
+    assert not any(f.endswith((".pkl", ".pickle", ".pt", ".bin")) for f in files)
+    assert not any(p.name.endswith(".tmp") for p in (repo / "artifacts").iterdir())
+
+    second = _sh([DVC, "repro"], repo, env)
+    assert "Running stage" not in second.stdout
+    assert "Data and pipelines are up to date" in _sh([DVC, "status"], repo, env).stdout
+
+    shown = json.loads(_sh([DVC, "metrics", "show", "--json"], repo, env).stdout)
+    assert "student_fid" in json.dumps(shown)
+    _sh([DVC, "plots", "show"], repo, env)
+    assert (repo / "dvc_plots" / "index.html").is_file()
+
+
+def test_a_changed_parameter_reruns_only_its_stage(dvc_repo):
+    repo, env, _ = dvc_repo
+    _sh(["git", "add", "-A"], repo, env)
+    _sh(["git", "commit", "-qm", "baseline"], repo, env)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluation"]["seed"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = _sh([DVC, "status"], repo, env).stdout
+    assert "evaluate:" in status and "teacher:" not in status
+    r = _sh([DVC, "repro"], repo, env)
+    assert "Running stage 'evaluate'" in r.stdout and "Running stage 'teacher'" not in r.stdout
+    diff = json.loads(_sh([DVC, "metrics", "diff", "--json"], repo, env).stdout)
+    assert "student_fid" in diff["metrics.json"]
+
+
+def test_dvc_and_zenml_give_the_same_figures(dvc_repo, zenml_env, tmp_path):
+    """Same components, same parameter values, same seeds -> the same numbers."""
+    repo, env, _ = dvc_repo
+    dvc_metrics = json.loads(_sh(["git", "show", "HEAD:metrics.json"], repo, env).stdout)  # evaluation seed 0
+    cfg = tmp_path / "zenml.yaml"
+    cfg.write_text(yaml.safe_dump({"enable_cache": False, "parameters": tiny_params(repo / "data" / "digits.npz")}))
+    r = run_zenml(zenml_env, cfg)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    load = ("from zenml.client import Client; import json; run = Client().list_pipeline_runs(sort_by='desc:created', "
+            "size=1)[0]; print(json.dumps(run.steps['evaluate_student'].outputs['metrics'][0].load()))")
+    out = subprocess.run([sys.executable, "-c", load], env=zenml_env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    zenml_metrics = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {k: zenml_metrics[k] for k in DETERMINISTIC} == {k: dvc_metrics[k] for k in DETERMINISTIC}
+
+
+def test_data_stage_refuses_bad_data_and_writes_nothing(tmp_path):
+    write_image_folder(tmp_path / "imgs", classes=("a", "b"), mode="L")
+    (tmp_path / "imgs" / "b" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ncorrupt")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"path": str(tmp_path / "imgs"), "min_per_class": 5}}))
+    r = subprocess.run([sys.executable, "-m", "components.stages", "data", "--params", str(tmp_path / "params.yaml"),
+                        "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, GX_ANALYTICS_ENABLED="false"))
+    assert r.returncode == 1
+    err = r.stderr.strip().splitlines()[-1]
+    assert "every image readable" in err and "bad.png" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.tmp").exists()
