@@ -25,12 +25,12 @@ install: $(BIN)/.installed
 	$(BIN)/zenml init
 
 # The built-in digits written into data/ - the same bytes on every machine, so the committed
-# data.dvc holds (`dvc status data.dvc` says so). Your own data: see README "Bring your own dataset".
+# data.dvc holds (the check below says so). Your own data: see README "Bring your own dataset".
 data/digits.npz: | $(BIN)/.installed
 	$(BIN)/python -m components.data.builtin --out $@
 
 data: data/digits.npz
-	$(BIN)/dvc status data.dvc
+	$(BIN)/python -m components.data.versioning data
 
 # The embedded default: digits -> validate -> teacher -> one-step DMD2 -> FIDs, on the active ZenML stack.
 run: install .zen data

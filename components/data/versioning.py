@@ -82,3 +82,23 @@ def run_lineage(config: dict, params_file: str | None = None) -> dict:
     return {**git_info(), **data_lineage(config["data"]["path"]), "params_file": params_file or "",
             "params_sha256": params_sha, "config": config,
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m components.data.versioning [path]`: does the data on disk match its .dvc file?"""
+    import sys
+
+    path = (argv if argv is not None else sys.argv[1:]) or ["data"]
+    info = data_lineage(path[0])
+    if not info["dvc_file"]:
+        print(f"{path[0]}: md5 {info['data_md5']}; not tracked by DVC (run `dvc add {path[0]}`)")
+    elif info["dvc_clean"]:
+        print(f"{info['dvc_path']}: matches {info['dvc_file']} (md5 {info['dvc_md5']})")
+    else:
+        print(f"{info['dvc_path']}: md5 {info['dvc_workspace_md5']} differs from {info['dvc_file']} "
+              f"({info['dvc_md5']}); run `dvc add {info['dvc_path']}` to record your data, or `dvc checkout` to restore")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -226,3 +226,16 @@ def test_too_few_per_class_and_cross_split_duplicates(tmp_path):
         (dup / "dog" / f"{i}.png").write_bytes((dup / "cat" / f"{i}.png").read_bytes())
     msg = _validation_error(_folder_cfg(dup))
     assert "no exact duplicates across train/eval" in msg
+
+
+def test_data_check_says_whether_data_matches_data_dvc(tmp_path, capsys, monkeypatch):
+    from components.data.versioning import main
+
+    materialize_digits(tmp_path / "data" / "digits.npz")
+    (tmp_path / "data.dvc").write_text((ROOT / "data.dvc").read_text())
+    monkeypatch.chdir(tmp_path)
+    main(["data"])
+    assert "data: matches data.dvc" in capsys.readouterr().out
+    (tmp_path / "data" / "extra.txt").write_text("x")
+    main(["data"])
+    assert "differs from data.dvc" in capsys.readouterr().out
