@@ -1,0 +1,103 @@
+"""Export a student as a folder that stock diffusers loads with no project code.
+
+The folder is a `ConsistencyModelPipeline` (diffusers' pipeline for EDM-preconditioned one- and
+few-step class-conditional generators): `model_index.json`, `unet/` (UNet2DModel, safetensors),
+`scheduler/` (CMStochasticIterativeScheduler with the student's sigma range), plus a model card
+(`README.md`) and `denoiser.json` (this project's record of the sampling recipe).
+
+    from diffusers import ConsistencyModelPipeline
+    pipe = ConsistencyModelPipeline.from_pretrained("models/dmd2_student")
+    images = pipe(batch_size=8, class_labels=list(range(8)), num_inference_steps=1).images
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from components.config import ConfigError
+from components.diffusion.denoiser import DENOISER_FILE, EDMDenoiser
+
+
+def check_export_target(target: str | os.PathLike, overwrite: bool) -> Path:
+    target = Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
+        raise ConfigError(f"export target '{target}' is not empty; choose an empty folder or set "
+                          "export.overwrite: true to replace it")
+    return target
+
+
+def model_card(card: dict) -> str:
+    """README.md of the exported folder: what it is, how good, from which data, how to use it."""
+    metrics = card.get("metrics", {})
+    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                     for k, v in metrics.items() if isinstance(v, (int, float, str)))
+    steps = card.get("num_inference_steps", 1)
+    return f"""---
+library_name: diffusers
+pipeline_tag: unconditional-image-generation
+tags: [fewstep, distillation, {card.get('method', 'dmd2')}, consistency-model-pipeline]
+---
+# {card.get('name', 'fewstep student')}
+
+A {steps}-step class-conditional generator distilled with **{card.get('method', 'dmd2')}** from a
+{card.get("teacher_nfe", "?")}-NFE teacher by fewstep - loads with stock
+diffusers, no project code.
+
+```python
+import torch
+from diffusers import ConsistencyModelPipeline
+
+pipe = ConsistencyModelPipeline.from_pretrained("<this folder>")
+out = pipe(batch_size=8, class_labels=torch.arange(8) % {card.get('num_classes', 10)},
+           num_inference_steps={steps}, generator=torch.Generator().manual_seed(0))
+out.images[0].save("sample.png")
+```
+
+Classes (label i): {', '.join(map(str, card.get('class_names', [])))}. Label {card.get('num_classes', '?')}
+is the null class (classifier-free guidance).
+
+## Figures
+| metric | value |
+|---|---|
+{rows}
+
+## Provenance
+- data: `{card.get('data_path', '')}` (DVC md5 `{card.get('data_md5', '')}`)
+- code: git `{card.get('git_commit', '')}`
+- config:
+```json
+{json.dumps(card.get('config', {}), indent=1, sort_keys=True)}
+```
+"""
+
+
+def export_student(student: EDMDenoiser, target: str | os.PathLike, card: dict | None = None,
+                   overwrite: bool = False) -> Path:
+    """Write the stock-diffusers folder for a one-step EDM student (temp folder, then rename)."""
+    from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline
+
+    if not isinstance(student, EDMDenoiser):
+        raise ConfigError(f"export: a {student.kind!r} student cannot be written as a ConsistencyModelPipeline "
+                          "(expected EDM preconditioning)")
+    sigmas = [float(s) for s in student.sampling["sigmas"]]
+    if len(sigmas) != 2:
+        raise ConfigError(f"export: only one-step students are exported for now (sampling sigmas {sigmas})")
+    target = check_export_target(target, overwrite)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        scheduler = CMStochasticIterativeScheduler(num_train_timesteps=40, sigma_min=student.sigma_min,
+                                                   sigma_max=sigmas[0], sigma_data=student.sigma_data, rho=7.0,
+                                                   clip_denoised=True)
+        ConsistencyModelPipeline(unet=student.unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
+        (tmp / DENOISER_FILE).write_text(json.dumps(student.config(), indent=1))
+        (tmp / "README.md").write_text(model_card({**(card or {}), "num_classes": student.num_classes,
+                                                   "num_inference_steps": len(sigmas) - 1}))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
