@@ -68,6 +68,19 @@ class EvalConfig(Section):
     grid_per_class: int = Field(8, ge=1)   # columns of the sample grid picture
 
 
+class GateConfig(Section):
+    fid_max: Optional[float] = Field(None, gt=0)          # absolute ceiling on the student's FID (eval split)
+    fid_ratio_max: Optional[float] = Field(2.0, gt=0)     # student FID / teacher FID at most this
+    class_acc_min: Optional[float] = Field(None, ge=0, le=1)  # floor on the student's class accuracy
+    beat_production: bool = True            # FID no worse than the production model's on the same references
+    promote_to: Literal["staging", "production"] = "staging"  # stage of the ZenML model version on a pass
+
+
+class ExportConfig(Section):
+    path: Optional[str] = None              # also copy the exported folder here (the artifact is always stored)
+    overwrite: bool = False                 # replace a non-empty path; refused otherwise
+
+
 S = TypeVar("S", bound=BaseModel)
 
 
@@ -105,7 +118,7 @@ def parse_section(model: Type[S], values: Any, prefix: str) -> S:
 
 
 def resolve_config(data: Any = None, teacher: Any = None, features: Any = None, distill: Any = None,
-                   evaluation: Any = None) -> dict[str, dict]:
+                   evaluation: Any = None, gate: Any = None, export: Any = None) -> dict[str, dict]:
     """Validate every section up front (before any step runs); -> sections with defaults filled."""
     from components.data import check_data_config
     from components.methods import parse_distill_config
@@ -116,7 +129,12 @@ def resolve_config(data: Any = None, teacher: Any = None, features: Any = None, 
         "features": parse_section(FeatureNetConfig, features, "features"),
         "distill": parse_distill_config(distill),
         "evaluation": parse_section(EvalConfig, evaluation, "evaluation"),
+        "gate": parse_section(GateConfig, gate, "gate"),
+        "export": parse_section(ExportConfig, export, "export"),
     }
+    from components.gate import check_gate_config
+
+    check_gate_config(out["gate"])
     check_data_config(out["data"])
     if out["teacher"].path is not None:
         if not Path(out["teacher"].path).is_dir():
@@ -125,7 +143,7 @@ def resolve_config(data: Any = None, teacher: Any = None, features: Any = None, 
     return {k: v.model_dump(mode="json") for k, v in out.items()}
 
 
-SECTIONS = ("data", "teacher", "features", "distill", "evaluation")
+SECTIONS = ("data", "teacher", "features", "distill", "evaluation", "gate", "export")
 
 
 def merge(base: dict, override: Any) -> dict:

@@ -1,0 +1,73 @@
+"""Quality gate: promote a student only when it is measurably good.
+
+Rules (each optional, see GateConfig): an absolute FID ceiling, a ceiling on student/teacher FID,
+a class-accuracy floor, and "no worse than the production model" with the production student
+scored on the same reference statistics as this run. The decision lists every check with its
+value and threshold, so a rejection says why.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from components.config import ConfigError, GateConfig
+
+
+def check_gate_config(cfg: GateConfig) -> None:
+    """Thresholds that cannot work together are an error before anything runs."""
+    if cfg.fid_max is None and cfg.fid_ratio_max is None and cfg.class_acc_min is None and not cfg.beat_production:
+        raise ConfigError("config field 'gate': every rule is off (fid_max, fid_ratio_max, class_acc_min null and "
+                          "beat_production false) - a gate that passes anything; set at least one rule")
+    if cfg.promote_to == "production" and not cfg.beat_production and cfg.fid_max is None \
+            and cfg.fid_ratio_max is None:
+        raise ConfigError("config field 'gate.promote_to': 'production' needs an FID rule (fid_max, fid_ratio_max "
+                          "or beat_production) so a worse model cannot replace the current one")
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    promote_to: Optional[str]                  # the stage a pass promotes to; None on a rejection
+    checks: list[dict] = field(default_factory=list)   # {rule, value, threshold, passed}
+    reasons: list[str] = field(default_factory=list)   # one line per failed check
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        head = f"quality gate: {'PASSED -> ' + str(self.promote_to) if self.passed else 'REJECTED'}"
+        return head + ("" if self.passed else ": " + "; ".join(self.reasons))
+
+
+def _fmt(v) -> str:
+    return format(v, ".4g") if isinstance(v, float) else str(v)
+
+
+def decide(cfg: GateConfig, metrics: dict, production_fid: Optional[float] = None) -> GateDecision:
+    """metrics: the run's summary (student_fid, teacher_fid, student_class_acc, real_floor_fid);
+    production_fid: the production student's FID on this run's references (None: no production model)."""
+    if cfg.fid_max is not None and cfg.fid_max < metrics["real_floor_fid"]:
+        raise ConfigError(f"config field 'gate.fid_max': {cfg.fid_max} is below the real-data floor "
+                          f"{metrics['real_floor_fid']:.3f} (FID of real train vs eval images): no model can pass")
+    fid = float(metrics["student_fid"])
+    finite = math.isfinite(fid)
+    checks = [{"rule": "student samples finite", "value": fid, "threshold": "finite FID", "passed": finite}]
+    if not finite:                            # the FID rules below cannot be judged
+        cfg = cfg.model_copy(update={"fid_max": None, "fid_ratio_max": None, "beat_production": False})
+    if cfg.fid_max is not None:
+        checks.append({"rule": "FID ceiling", "value": fid, "threshold": cfg.fid_max, "passed": fid <= cfg.fid_max})
+    if cfg.fid_ratio_max is not None:
+        ratio = fid / float(metrics["teacher_fid"])
+        checks.append({"rule": "FID ratio to teacher", "value": ratio, "threshold": cfg.fid_ratio_max,
+                       "passed": ratio <= cfg.fid_ratio_max})
+    if cfg.class_acc_min is not None:
+        acc = float(metrics["student_class_acc"])
+        checks.append({"rule": "class accuracy floor", "value": acc, "threshold": cfg.class_acc_min,
+                       "passed": acc >= cfg.class_acc_min})
+    if cfg.beat_production and production_fid is not None:
+        checks.append({"rule": "no worse than production", "value": fid, "threshold": production_fid,
+                       "passed": fid <= production_fid})
+    reasons = [f"{c['rule']}: {_fmt(c['value'])} vs {_fmt(c['threshold'])}" for c in checks if not c["passed"]]
+    passed = not reasons
+    return GateDecision(passed, cfg.promote_to if passed else None, checks, reasons)
