@@ -1,8 +1,8 @@
 """dmd2_pipeline: lineage; ingest -> validate -> dataset -> feature net -> teacher -> distill (DMD2)
--> evaluate. Wiring only."""
+-> evaluate -> quality gate (promotes the ZenML model version) -> export. Wiring only."""
 from typing import Any, Dict, Optional
 
-from zenml import pipeline
+from zenml import Model, pipeline
 
 from components.config import load_params
 from components.data.versioning import run_lineage
@@ -10,21 +10,26 @@ from steps.dataset import build_dataset
 from steps.distill import distill_step
 from steps.evaluate_student import evaluate_student
 from steps.evaluate_teacher import evaluate_teacher
+from steps.export import export_model
 from steps.feature_net import feature_net_step
+from steps.gate import quality_gate
 from steps.ingest import ingest_data
 from steps.lineage import record_lineage
+from steps.names import MODEL_NAME
 from steps.teacher import teacher_step
 from steps.validate import validate_data
 
 
-@pipeline(name="dmd2_pipeline")
+@pipeline(name="dmd2_pipeline", model=Model(name=MODEL_NAME, description="One-step DMD2 students of the "
+                                            "embedded default; versions pass the quality gate to staging/production"))
 def dmd2_pipeline(params_file: Optional[str] = None, data: Optional[Dict[str, Any]] = None,
                   teacher: Optional[Dict[str, Any]] = None, features: Optional[Dict[str, Any]] = None,
-                  distill: Optional[Dict[str, Any]] = None, evaluation: Optional[Dict[str, Any]] = None) -> None:
+                  distill: Optional[Dict[str, Any]] = None, evaluation: Optional[Dict[str, Any]] = None,
+                  gate: Optional[Dict[str, Any]] = None, export: Optional[Dict[str, Any]] = None) -> None:
     """`params_file` (params.yaml, shared with `dvc repro`) gives the parameters; sections passed
     here are merged over it. Everything is validated before any step runs."""
     cfg = load_params(params_file, data=data, teacher=teacher, features=features, distill=distill,
-                      evaluation=evaluation)
+                      evaluation=evaluation, gate=gate, export=export)
     lineage = run_lineage(cfg, params_file)
     record_lineage(lineage)
     manifest = ingest_data(cfg["data"], lineage["data_md5"])
@@ -34,4 +39,6 @@ def dmd2_pipeline(params_file: Optional[str] = None, data: Optional[Dict[str, An
     teacher_model, _ = teacher_step(dataset, cfg["teacher"])
     student, _, _ = distill_step(teacher_model, dataset, cfg["distill"])
     teacher_metrics, teacher_stats, _ = evaluate_teacher(teacher_model, dataset, feature_net, cfg["evaluation"])
-    evaluate_student(student, dataset, feature_net, teacher_metrics, teacher_stats, cfg["evaluation"])
+    metrics, _ = evaluate_student(student, dataset, feature_net, teacher_metrics, teacher_stats, cfg["evaluation"])
+    decision = quality_gate(metrics, dataset, feature_net, cfg["evaluation"], cfg["gate"], lineage["built_at"])
+    export_model(student, decision, metrics, lineage, dataset, cfg["export"])

@@ -13,3 +13,6 @@ METRICS = "metrics"
 STUDENT_SAMPLES = "student_samples"
 MANIFEST = "data_manifest"
 DATA_VALIDATION = "data_validation"
+GATE_DECISION = "gate_decision"
+EXPORTED_MODEL = "exported_model"
+MODEL_NAME = "dmd2_student"        # the ZenML Model Control Plane entry each run adds a version to

@@ -73,3 +73,10 @@ def evaluate_student_model(student, data: ImageDataset, feature_net: FeatureNet,
                                                cfg.seed, cfg.batch_size, progress=progress)
     gap = fid(stats, teacher_stats, feature_net.name).as_dict()
     return summary(teacher_metrics, student_m, gap), gen
+
+
+def fid_on_this_run(generator, data: ImageDataset, feature_net: FeatureNet, cfg: EvalConfig) -> float:
+    """FID of any generator (e.g. the production student) on this run's reference statistics."""
+    metrics, _, _ = evaluate_generator(generator, "production", feature_net, data, reference_stats(feature_net, data),
+                                       cfg.num_samples, cfg.seed, cfg.batch_size)
+    return float(metrics["fid"])

@@ -21,17 +21,22 @@ out = {"status": str(run.status), "steps": {n: str(s.status) for n, s in run.ste
 m = run.steps["evaluate_student"].outputs["metrics"][0].load()
 out["metrics"] = {k: m[k] for k in ("teacher_fid", "student_fid", "student_nfe", "teacher_nfe", "feature_net", "num_samples")}
 out["run_metadata"] = {k: v for k, v in run.run_metadata.items() if k != "lineage"}
+out["gate"] = run.steps["quality_gate"].outputs["gate_decision"][0].load()
+out["exported"] = sorted(p.name for p in run.steps["export_model"].outputs["exported_model"][0].load().iterdir())
+out["model_stage"] = str(run.model_version.stage) if run.model_version else None
 student = run.steps["distill_step"].outputs["student"][0]
 out["student_uri_files"] = sorted(p.name for p in __import__("pathlib").Path(student.uri).rglob("*") if p.is_file())
 print(json.dumps(out))
 """
 
 
-def _tiny(tmp_path, data_path) -> Path:
-    """tests/pipelines/tiny.yaml with data.path pointing at a temp dataset."""
+def _tiny(tmp_path, data_path, gate=None) -> Path:
+    """tests/pipelines/tiny.yaml with data.path pointing at a temp dataset (and gate overrides)."""
     cfg = yaml.safe_load((ROOT / "tests" / "pipelines" / "tiny.yaml").read_text())
     cfg["parameters"]["data"] = {"path": str(data_path)}
-    out = tmp_path / f"tiny-{Path(data_path).stem}.yaml"
+    if gate:
+        cfg["parameters"]["gate"] = gate
+    out = tmp_path / f"tiny-{Path(data_path).stem}{'-gate' if gate else ''}.yaml"
     out.write_text(yaml.safe_dump(cfg))
     return out
 
@@ -44,7 +49,7 @@ def _inspect(env):
 
 
 STEPS = {"record_lineage", "ingest_data", "validate_data", "build_dataset", "feature_net_step", "teacher_step",
-         "distill_step", "evaluate_teacher", "evaluate_student"}
+         "distill_step", "evaluate_teacher", "evaluate_student", "quality_gate", "export_model"}
 
 
 def test_pipeline_runs_end_to_end(zenml_env, tmp_path, digits_npz):
@@ -66,16 +71,27 @@ def test_pipeline_runs_end_to_end(zenml_env, tmp_path, digits_npz):
     assert not any(f.endswith((".pkl", ".pickle", ".pt", ".bin")) for f in out["student_uri_files"])
 
     assert out["outputs"]["validate_data"] == ["data_validation"] and out["outputs"]["ingest_data"] == ["data_manifest"]
+    # the gate's decision is an artifact; a pass promotes the run's model version and exports the student
+    gate = out["gate"]
+    assert {c["rule"] for c in gate["checks"]} >= {"FID ratio to teacher", "class accuracy floor"}
+    if gate["passed"]:
+        assert out["model_stage"].endswith("staging") and "model_index.json" in out["exported"]
+    else:
+        assert out["exported"] == ["REJECTED.md"] and out["model_stage"] in (None, "None")
     # lineage: the git commit and the data's DVC hash are run metadata
     meta = out["run_metadata"]
     assert len(meta["git_commit"]) == 40
     from components.data.versioning import dvc_md5
     assert meta["data_md5"] == dvc_md5(data) and meta["params_file"] == "params.yaml"
 
-    # second run: ingest, feature net and teacher come from the cache
-    r2 = _run(zenml_env, _tiny(tmp_path, data))
+    # second run, with a gate the tiny student passes: ingest, feature net and teacher come from the
+    # cache; the gate runs again, promotes this run's model version and the student is exported
+    r2 = _run(zenml_env, _tiny(tmp_path, data, gate={"class_acc_min": None, "fid_ratio_max": 100.0}))
     assert r2.returncode == 0, (r2.stdout + r2.stderr)[-4000:]
-    steps2 = _inspect(zenml_env)["steps"]
+    out2 = _inspect(zenml_env)
+    assert out2["gate"]["passed"] and out2["model_stage"].endswith("staging")
+    assert {"model_index.json", "unet", "scheduler", "README.md"} <= set(out2["exported"])
+    steps2 = out2["steps"]
     assert steps2["ingest_data"].endswith("cached") and steps2["teacher_step"].endswith("cached")
     assert steps2["record_lineage"].endswith("completed")        # lineage is recorded on every run
 

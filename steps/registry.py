@@ -1,0 +1,33 @@
+"""The ZenML Model Control Plane: the production student, and promotion of this run's version."""
+import logging
+from typing import Optional
+
+from zenml import get_step_context
+from zenml.client import Client
+from zenml.enums import ModelStages
+
+from components.diffusion import Denoiser
+from steps.names import MODEL_NAME, STUDENT
+
+logger = logging.getLogger(__name__)
+
+
+def production_student() -> Optional[Denoiser]:
+    """The student of the model version in `production`, if there is one."""
+    try:
+        version = Client().get_model_version(MODEL_NAME, ModelStages.PRODUCTION)
+    except KeyError:
+        return None
+    artifact = version.get_artifact(STUDENT)
+    return artifact.load() if artifact is not None else None
+
+
+def promote(stage: str) -> str:
+    """Move this run's model version to `stage`; the version that held it is archived."""
+    try:
+        model = get_step_context().model
+    except RuntimeError:                 # called via .entrypoint(): no run, nothing to promote
+        return ""
+    model.set_stage(stage, force=True)
+    logger.info("model %s version %s -> %s", model.name, model.version, stage)
+    return str(model.version)
