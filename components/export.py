@@ -31,8 +31,10 @@ def check_export_target(target: str | os.PathLike, overwrite: bool) -> Path:
 def model_card(card: dict) -> str:
     """README.md of the exported folder: what it is, how good, from which data, how to use it."""
     metrics = card.get("metrics", {})
+    # wall-clock figures vary from run to run: leaving them out keeps the folder reproducible
     rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-                     for k, v in metrics.items() if isinstance(v, (int, float, str)))
+                     for k, v in metrics.items() if isinstance(v, (int, float, str))
+                     and not k.endswith("_seconds") and k != "sampling_speedup")
     steps = card.get("num_inference_steps", 1)
     return f"""---
 library_name: diffusers
@@ -65,7 +67,7 @@ is the null class (classifier-free guidance).
 
 ## Provenance
 - data: `{card.get('data_path', '')}` (DVC md5 `{card.get('data_md5', '')}`)
-- code: git `{card.get('git_commit', '')}`
+- code: git `{card.get('git_commit') or 'see dvc.lock'}`
 - config:
 ```json
 {json.dumps(card.get('config', {}), indent=1, sort_keys=True)}

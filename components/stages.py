@@ -6,6 +6,8 @@
     python -m components.stages distill   --params params.yaml --dataset ... --teacher ... --out artifacts/student
     python -m components.stages evaluate  --params params.yaml --dataset ... --features ... --teacher ... --student ...
                                           --metrics metrics.json --out artifacts/eval
+    python -m components.stages export    --params params.yaml --dataset ... --student ... --metrics metrics.json
+                                          --out models/dmd2_student
 
 Each stage writes into a temp folder beside its output and renames it when done, so a failed or
 killed stage leaves nothing half-written. Bad input exits 1 with one line naming the file/field.
@@ -23,7 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from components.config import ConfigError, DataConfig, EvalConfig, FeatureNetConfig, TeacherConfig, load_params
+from components.config import (ConfigError, DataConfig, EvalConfig, FeatureNetConfig, GateConfig, TeacherConfig,
+                               load_params)
 
 
 @contextmanager
@@ -141,9 +144,32 @@ def stage_evaluate(cfg: dict, dataset_dir: str, features_dir: str, teacher_dir: 
     print(summary_table(result))
 
 
+def stage_export(cfg: dict, dataset_dir: str, student_dir: str, metrics: str, out: str) -> None:
+    """The quality gate on metrics.json (no production model outside ZenML), then the stock-diffusers
+    folder - or only REJECTED.md with the reasons."""
+    from components.data import ImageDataset
+    from components.data.versioning import dvc_md5
+    from components.diffusion import load_denoiser
+    from components.export import export_student
+    from components.gate import decide
+
+    figures = json.loads(Path(metrics).read_text())
+    decision = decide(GateConfig(**cfg["gate"]), figures)
+    print(decision.summary())
+    if not decision.passed:
+        with atomic_dir(out) as tmp:
+            (tmp / "REJECTED.md").write_text("Not exported: " + "; ".join(decision.reasons) + "\n")
+        return
+    card = {"method": cfg["distill"]["method"], "metrics": figures, "teacher_nfe": figures["teacher_nfe"],
+            "class_names": ImageDataset.load(dataset_dir).class_names, "data_path": cfg["data"]["path"],
+            "data_md5": dvc_md5(cfg["data"]["path"]), "config": cfg, "name": "fewstep DMD2 student"}
+    export_student(load_denoiser(student_dir, what="student"), out, card, overwrite=True)   # DVC owns `out`
+    print(f"exported to {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("stage", choices=["data", "features", "teacher", "distill", "evaluate"])
+    ap.add_argument("stage", choices=["data", "features", "teacher", "distill", "evaluate", "export"])
     ap.add_argument("--params", default="params.yaml")
     for name in ("dataset", "features", "teacher", "student", "metrics", "plots"):
         ap.add_argument(f"--{name}")
@@ -159,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             stage_teacher(cfg, a.dataset, a.out, a.plots)
         elif a.stage == "distill":
             stage_distill(cfg, a.dataset, a.teacher, a.out, a.plots)
-        else:
+        elif a.stage == "evaluate":
             stage_evaluate(cfg, a.dataset, a.features, a.teacher, a.student, a.metrics, a.out)
+        else:
+            stage_export(cfg, a.dataset, a.student, a.metrics, a.out)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

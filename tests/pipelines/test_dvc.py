@@ -60,8 +60,11 @@ def dvc_repo(tmp_path_factory):
 
 def test_dvc_repro_builds_everything_then_does_nothing(dvc_repo):
     repo, env, first = dvc_repo
-    for stage in ("data", "features", "teacher", "distill", "evaluate"):
+    for stage in ("data", "features", "teacher", "distill", "evaluate", "export"):
         assert f"Running stage '{stage}'" in first.stdout
+    # the tiny student fails the default gate (class accuracy): the export holds only the reasons
+    assert "quality gate: REJECTED: class accuracy floor" in first.stdout
+    assert [p.name for p in (repo / "models" / "dmd2_student").iterdir()] == ["REJECTED.md"]
     metrics = json.loads((repo / "metrics.json").read_text())
     assert metrics["student_nfe"] == 1 and metrics["teacher_nfe"] == 5 and metrics["num_samples"] == 100
     for d in ("dataset", "feature_net", "teacher", "student", "eval"):
