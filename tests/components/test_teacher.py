@@ -28,7 +28,7 @@ def test_trained_teacher_has_heun_recipe(tiny_teacher, tiny_teacher_cfg):
     assert tiny_teacher.num_classes == 10
 
 
-def test_load_teacher_folder_and_mismatch(tmp_path, digits, tiny_teacher, tiny_teacher_cfg):
+def test_load_teacher_folder_and_mismatch(tmp_path, digits, digits_npz, tiny_teacher, tiny_teacher_cfg):
     save_denoiser(tiny_teacher, tmp_path / "t")
     loaded, losses = get_teacher(tiny_teacher_cfg.model_copy(update={"path": str(tmp_path / "t")}), digits)
     assert losses is None
@@ -37,7 +37,7 @@ def test_load_teacher_folder_and_mismatch(tmp_path, digits, tiny_teacher, tiny_t
     from components.config import DataConfig
     from components.data import load_dataset
 
-    rgb = load_dataset(DataConfig(channels=3))
+    rgb = load_dataset(DataConfig(path=digits_npz, channels=3))
     try:
         get_teacher(tiny_teacher_cfg.model_copy(update={"path": str(tmp_path / "t")}), rgb)
         raise AssertionError("expected a mismatch error")
