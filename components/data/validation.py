@@ -1,8 +1,7 @@
 """Validate a dataset manifest (one row per image) with a Great Expectations 1.x suite.
 
-The manifest is a pandas DataFrame with the columns path, index, label, class_name, split,
-readable, error, height, width, channels, mode, min, max, mean, std, has_nan, sha256,
-class_count and dup_across_split (see `MANIFEST_COLUMNS`). `validate_manifest` builds one
+The manifest is a pandas DataFrame with the columns of `components.data.manifest.COLUMNS`
+(path, label, class_name, split, readable, height, width, channels, pixel stats, sha256, ...). `validate_manifest` builds one
 expectation per rule, runs them through GX on an ephemeral context and turns GX's per-expectation
 results into a `DataValidationReport` that names the offending manifest paths.
 
@@ -19,12 +18,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
-
-MANIFEST_COLUMNS = (
-    "path", "index", "label", "class_name", "split", "readable", "error", "height", "width",
-    "channels", "mode", "min", "max", "mean", "std", "has_nan", "sha256", "class_count",
-    "dup_across_split",
-)
 
 # A GX result_format that returns every unexpected row index and value.
 _RESULT_FORMAT = {"result_format": "COMPLETE"}
