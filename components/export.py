@@ -18,6 +18,7 @@ from pathlib import Path
 
 from components.config import ConfigError
 from components.diffusion.denoiser import DENOISER_FILE, EDMDenoiser
+from components.onnx_export import export_onnx
 
 
 def check_export_target(target: str | os.PathLike, overwrite: bool) -> Path:
@@ -55,6 +56,16 @@ pipe = ConsistencyModelPipeline.from_pretrained("<this folder>")
 out = pipe(batch_size=8, class_labels=torch.arange(8) % {card.get('num_classes', 10)},
            num_inference_steps={steps}, generator=torch.Generator().manual_seed(0))
 out.images[0].save("sample.png")
+```
+
+`onnx/model.onnx` is the whole one-step generator (onnxruntime, no torch): inputs `noise` (N, C, H, W)
+float32 standard normal and `class_labels` (N,) int64, output `images` (N, C, H, W) in [-1, 1].
+
+```python
+import numpy as np, onnxruntime as ort
+sess = ort.InferenceSession("onnx/model.onnx", providers=["CPUExecutionProvider"])
+noise = np.random.default_rng(0).standard_normal((8, *sess.get_inputs()[0].shape[1:]), dtype=np.float32)
+images = sess.run(None, {{"noise": noise, "class_labels": np.arange(8) % {card.get('num_classes', 10)}}})[0]
 ```
 
 Classes (label i): {', '.join(map(str, card.get('class_names', [])))}. Label {card.get('num_classes', '?')}
@@ -95,6 +106,7 @@ def export_student(student: EDMDenoiser, target: str | os.PathLike, card: dict |
                                                    clip_denoised=True)
         ConsistencyModelPipeline(unet=student.unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
         (tmp / DENOISER_FILE).write_text(json.dumps(student.config(), indent=1))
+        export_onnx(student, tmp / "onnx" / "model.onnx")
         (tmp / "README.md").write_text(model_card({**(card or {}), "num_classes": student.num_classes,
                                                    "num_inference_steps": len(sigmas) - 1}))
     except BaseException:
