@@ -63,7 +63,8 @@ def evaluate(run, num_samples: int | None, seeds: int, batch_size: int) -> dict:
 
     from components.diffusion.generate import balanced_labels, generate
     from components.metrics import fid
-    from components.metrics.evaluate import real_floor, reference_stats, score_samples
+    from components.metrics.evaluate import latency_p50, real_floor, score_samples
+    from components.metrics.extractors import DatasetFeatures
     from steps import names
 
     steps = run.steps
@@ -71,34 +72,39 @@ def evaluate(run, num_samples: int | None, seeds: int, batch_size: int) -> dict:
     data, fnet = load("build_dataset", names.DATASET), load("feature_net_step", names.FEATURE_NET)
     teacher, student = load("teacher_step", names.TEACHER), load("distill_step", names.STUDENT)
     n = num_samples or steps["evaluate_teacher"].config.parameters["evaluation"]["num_samples"]
-    refs = reference_stats(fnet, data)
+    refs, extractor = load("reference_statistics", names.REFERENCE_FEATURES), DatasetFeatures(fnet)
     labels = balanced_labels(n, data.num_classes)
     per_seed = {k: [] for k in ("teacher_fid", "student_fid", "teacher_fid_train", "student_fid_train",
-                                "teacher_class_acc", "student_class_acc", "distill_gap_fid")}
+                                "teacher_class_acc", "student_class_acc", "distill_gap_fid", "teacher_kid", "student_kid")}
     t_sec = s_sec = 0.0
     for seed in range(seeds):
         t_gen = generate(teacher, labels, seed, batch_size, progress=True, desc=f"teacher seed {seed}")
         s_gen = generate(student, labels, seed, batch_size)
-        t_m, t_stats = score_samples(t_gen, "teacher", fnet, refs)
-        s_m, s_stats = score_samples(s_gen, "student", fnet, refs)
+        t_m, t_feats = score_samples(t_gen, "teacher", extractor, fnet, refs)
+        s_m, s_feats = score_samples(s_gen, "student", extractor, fnet, refs)
         t_sec, s_sec = t_sec + t_gen.seconds, s_sec + s_gen.seconds
         for who, m in (("teacher", t_m), ("student", s_m)):
             per_seed[f"{who}_fid"].append(m["fid"])
             per_seed[f"{who}_fid_train"].append(m["fid_train"])
             per_seed[f"{who}_class_acc"].append(m["class_acc"])
-        per_seed["distill_gap_fid"].append(fid(s_stats, t_stats, fnet.name).fid)
+            per_seed[f"{who}_kid"].append(m["kid"])
+        per_seed["distill_gap_fid"].append(fid(s_feats.stats(), t_feats.stats(), fnet.name).fid)
     out = {}
     for k, v in per_seed.items():
         out[k] = float(np.mean(v))
         if k in ("teacher_fid", "student_fid", "distill_gap_fid"):
             out[f"{k}_std"] = float(np.std(v))
-    floor = real_floor(refs, fnet)
+    floor = real_floor(refs)
     out.update(
         teacher_nfe=t_gen.nfe, student_nfe=s_gen.nfe, real_floor_fid=floor["fid"],
         fid_ratio=out["student_fid"] / out["teacher_fid"],
         sampling_speedup=t_sec / s_sec, teacher_sampling_seconds=t_sec, student_sampling_seconds=s_sec,
+        teacher_throughput=seeds * n / t_sec, student_throughput=seeds * n / s_sec,
+        teacher_latency_p50_ms=1000 * latency_p50(teacher, data.num_classes, 20),
+        student_latency_p50_ms=1000 * latency_p50(student, data.num_classes, 20),
         feature_net=fnet.name, num_samples=n, seeds=seeds,
-        reference=f"real eval split (n={refs['eval'].n}; train split n={refs['train'].n} also reported)",
+        reference=f"real eval split (n={len(refs.eval.features)}; train split n={len(refs.train.features)} "
+                  "also reported)",
     )
     return out
 
@@ -128,9 +134,12 @@ def main(argv=None) -> dict:
              result["teacher_nfe"]),
             ("student", result["student_fid"], result["student_fid_std"], result["student_class_acc"],
              result["student_nfe"])]
-    print(f"\n| model | FID (eval split) | std over {args.seeds} seeds | class acc | NFE |\n|---|---|---|---|---|")
+    print(f"\n| model | FID (eval split) | std over {args.seeds} seeds | KID | class acc | NFE | p50 ms/image | "
+          "images/s |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]:.3f} | {r[2]:.3f} | {r[3]:.3f} | {r[4]} |")
+        who = r[0]
+        print(f"| {who} | {r[1]:.3f} | {r[2]:.3f} | {result[who + '_kid']:.4f} | {r[3]:.3f} | {r[4]} | "
+              f"{result[who + '_latency_p50_ms']:.1f} | {result[who + '_throughput']:.0f} |")
     print(f"\nfeature net {result['feature_net']}, {result['num_samples']} samples/seed, "
           f"reference {result['reference']}, real floor {result['real_floor_fid']:.3f}\n")
     line = json.dumps(result)

@@ -66,6 +66,22 @@ class EvalConfig(Section):
     batch_size: int = Field(500, ge=1)
     seed: int = 0                          # sampling seed of the pipeline's evaluate step
     grid_per_class: int = Field(8, ge=1)   # columns of the sample grid picture
+    feature_net: Literal["dataset", "inception"] = "dataset"  # FID/KID features: the dataset feature net
+                                           # (offline) or clean-fid's InceptionV3 (needs its weights file)
+    inception_dir: Optional[str] = None    # folder holding inception-2015-12-05.pt (None: /tmp, clean-fid's)
+    inception_download: bool = False       # let clean-fid download the weights (needs the internet)
+    kid_subsets: int = Field(100, ge=1)    # KID: mean over this many random subsets
+    latency_repeats: int = Field(20, ge=1)  # p50 per-image latency over this many batch-1 generations
+    agreement_samples: int = Field(500, ge=1)  # student vs teacher on the same noise and labels
+    teacher_nfe_steps: tuple[int, ...] = (2, 4, 8)  # extra teacher Heun step counts for the FID-vs-NFE curve
+
+
+EXTRACTOR_KEYS = ("feature_net", "inception_dir", "inception_download")
+
+
+def extractor_section(evaluation: dict) -> dict:
+    """The evaluation keys that decide the FID features (the reference features' cache key)."""
+    return {k: evaluation[k] for k in EXTRACTOR_KEYS if k in evaluation}
 
 
 class GateConfig(Section):
@@ -79,6 +95,15 @@ class GateConfig(Section):
 class ExportConfig(Section):
     path: Optional[str] = None              # also copy the exported folder here (the artifact is always stored)
     overwrite: bool = False                 # replace a non-empty path; refused otherwise
+
+
+class TrackingConfig(Section):
+    """Weights & Biases logging of each pipeline run (components/tracking.py)."""
+
+    wandb: Literal["offline", "online", "disabled"] = "offline"  # WANDB_MODE in the environment wins
+    project: str = "fewstep"
+    entity: Optional[str] = None            # W&B team/user (online)
+    dir: Optional[str] = None               # parent of wandb/ (None: WANDB_DIR, else the working directory)
 
 
 S = TypeVar("S", bound=BaseModel)
@@ -118,7 +143,8 @@ def parse_section(model: Type[S], values: Any, prefix: str) -> S:
 
 
 def resolve_config(data: Any = None, teacher: Any = None, features: Any = None, distill: Any = None,
-                   evaluation: Any = None, gate: Any = None, export: Any = None) -> dict[str, dict]:
+                   evaluation: Any = None, gate: Any = None, export: Any = None,
+                   tracking: Any = None) -> dict[str, dict]:
     """Validate every section up front (before any step runs); -> sections with defaults filled."""
     from components.data import check_data_config
     from components.methods import parse_distill_config
@@ -131,10 +157,15 @@ def resolve_config(data: Any = None, teacher: Any = None, features: Any = None, 
         "evaluation": parse_section(EvalConfig, evaluation, "evaluation"),
         "gate": parse_section(GateConfig, gate, "gate"),
         "export": parse_section(ExportConfig, export, "export"),
+        "tracking": parse_section(TrackingConfig, tracking, "tracking"),
     }
     from components.gate import check_gate_config
 
     check_gate_config(out["gate"])
+    if out["evaluation"].feature_net == "inception" and not out["evaluation"].inception_download:
+        from components.metrics.extractors import inception_weights
+
+        inception_weights(out["evaluation"].inception_dir, download=False)   # missing offline: stop now
     check_data_config(out["data"])
     if out["teacher"].path is not None:
         if not Path(out["teacher"].path).is_dir():
@@ -143,7 +174,7 @@ def resolve_config(data: Any = None, teacher: Any = None, features: Any = None, 
     return {k: v.model_dump(mode="json") for k, v in out.items()}
 
 
-SECTIONS = ("data", "teacher", "features", "distill", "evaluation", "gate", "export")
+SECTIONS = ("data", "teacher", "features", "distill", "evaluation", "gate", "export", "tracking")
 
 
 def merge(base: dict, override: Any) -> dict:

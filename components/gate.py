@@ -52,7 +52,11 @@ def decide(cfg: GateConfig, metrics: dict, production_fid: Optional[float] = Non
                           f"{metrics['real_floor_fid']:.3f} (FID of real train vs eval images): no model can pass")
     fid = float(metrics["student_fid"])
     finite = math.isfinite(fid)
-    checks = [{"rule": "student samples finite", "value": fid, "threshold": "finite FID", "passed": finite}]
+    bad = int(metrics.get("student_nonfinite_samples") or 0)
+    finite = finite and not bad
+    checks = [{"rule": "student samples finite",
+               "value": f"{bad} of {metrics.get('num_samples', '?')} samples NaN/inf" if bad else fid,
+               "threshold": "no NaN/inf, finite FID", "passed": finite}]
     if not finite:                            # the FID rules below cannot be judged
         cfg = cfg.model_copy(update={"fid_max": None, "fid_ratio_max": None, "beat_production": False})
     if cfg.fid_max is not None:

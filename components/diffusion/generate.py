@@ -42,22 +42,31 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def sample_batch(denoiser, z: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+                 guidance_scale: float = 1.0) -> torch.Tensor:
+    """Images in [-1, 1] from standard-normal noise z (scaled to the recipe's first sigma here)."""
+    recipe = denoiser.sampling
+    sigmas = torch.tensor(recipe["sigmas"], dtype=torch.float32)
+    device = next(denoiser.parameters()).device
+    cond = {"class_labels": labels.to(device), "guidance_scale": guidance_scale}
+    x = get_sampler(recipe["sampler"])(denoiser.eval(), (z * sigmas[0]).to(device), sigmas.to(device), cond,
+                                       generator=generator)
+    return x.clamp(-1, 1).cpu()
+
+
+@torch.no_grad()
 def generate(denoiser, labels: torch.Tensor, seed: int, batch_size: int = 500,
              guidance_scale: float = 1.0, progress: bool = False, desc: str = "sampling") -> Generated:
     """Sample one image per label with denoiser.sampling = {'sampler': name, 'sigmas': [...]}."""
-    recipe = denoiser.sampling
-    sampler = get_sampler(recipe["sampler"])
-    sigmas = torch.tensor(recipe["sigmas"], dtype=torch.float32)
-    device = next(denoiser.parameters()).device
     counter = CountingDenoiser(denoiser.eval())
+    counter.sampling = denoiser.sampling
     g = torch.Generator().manual_seed(seed)
     out, t0, nfe = [], time.perf_counter(), 0
     shape = (denoiser.unet.config.in_channels, denoiser.unet.config.sample_size, denoiser.unet.config.sample_size)
     for i in tqdm(range(0, len(labels), batch_size), desc=desc, disable=not progress, mininterval=2):
         y = labels[i:i + batch_size]
-        x = torch.randn((len(y), *shape), generator=g) * sigmas[0]
+        z = torch.randn((len(y), *shape), generator=g)
         counter.calls = 0
-        cond = {"class_labels": y.to(device), "guidance_scale": guidance_scale}
-        out.append(sampler(counter, x.to(device), sigmas.to(device), cond, generator=g).clamp(-1, 1).cpu())
+        out.append(sample_batch(counter, z, y, g, guidance_scale))
         nfe = counter.calls
     return Generated(torch.cat(out), labels, nfe, time.perf_counter() - t0)

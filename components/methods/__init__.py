@@ -19,7 +19,11 @@ def parse_distill_config(values: dict | None) -> DistillConfig:
     """Validate the 'distill' section with the Config of the method it names."""
     values = dict(values or {})
     cls = method_class(values.get("method", "dmd2"))
-    return parse_section(cls.Config, values, "distill")
+    cfg = parse_section(cls.Config, values, "distill")
+    if cfg.fid_every % cfg.log_every:
+        raise ConfigError(f"config field 'distill.fid_every': {cfg.fid_every} is not a multiple of "
+                          f"distill.log_every ({cfg.log_every})")
+    return cfg
 
 
 def build_method(teacher, values: dict | DistillConfig | None, data) -> Method:

@@ -28,6 +28,9 @@ class DistillConfig(Section):
     seed: int = 0                          # one seed -> one result (data order, noise, timesteps)
     device: str = "auto"                   # 'auto' = CUDA when present, else CPU
     log_every: int = Field(50, ge=1)       # history / progress-bar granularity (iterations)
+    fid_every: int = Field(0, ge=0)        # FID of the student at checkpoints every this many iterations (a
+                                           # multiple of log_every; 0: off) - in the history, W&B and plots
+    fid_samples: int = Field(1000, ge=10)  # samples per checkpoint FID (fewer than the final evaluation's)
 
 
 class Method(ABC):

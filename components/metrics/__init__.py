@@ -1,5 +1,6 @@
 """Metrics: dataset feature net, clean-fid FID, NFE and sampling latency."""
 from components.metrics.features import FeatureNet, train_feature_net
-from components.metrics.fid import FeatureStats, FIDResult, feature_stats, fid
+from components.metrics.fid import FeatureSet, FeatureStats, FIDResult, ReferenceFeatures, feature_stats, fid, kid
 
-__all__ = ["FeatureNet", "train_feature_net", "FeatureStats", "FIDResult", "feature_stats", "fid"]
+__all__ = ["FeatureNet", "train_feature_net", "FeatureSet", "FeatureStats", "FIDResult",
+           "ReferenceFeatures", "feature_stats", "fid", "kid"]

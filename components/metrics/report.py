@@ -23,6 +23,10 @@ def summary(teacher: dict, student: dict, gap: dict) -> dict:
         "reference": f"{student['fid_detail']['reference']} (n={student['fid_detail']['num_reference']})",
         "real_floor": f"{floor['samples']} (n={floor['num_samples']}) vs {floor['reference']} (n={floor['num_reference']})",
         "teacher_sha256": teacher.get("teacher_sha256", ""),
+        "teacher_kid": teacher["kid"], "student_kid": student["kid"],
+        "teacher_latency_p50_ms": 1000 * teacher["latency_p50"], "student_latency_p50_ms": 1000 * student["latency_p50"],
+        "teacher_throughput": teacher["throughput"], "student_throughput": student["throughput"],
+        "student_nonfinite_samples": student["nonfinite_samples"],
     }
 
 
@@ -33,12 +37,19 @@ def summary_table(r: dict) -> str:
             ("FID vs train split", f"{r['teacher_fid_train']:.3f}", f"{r['student_fid_train']:.3f}"),
             ("class accuracy", f"{r['teacher_class_acc']:.3f}", f"{r['student_class_acc']:.3f}"),
             ("NFE", str(r["teacher_nfe"]), str(r["student_nfe"])),
-            ("sampling seconds", f"{r['teacher_sampling_seconds']:.2f}", f"{r['student_sampling_seconds']:.2f}")]
+            ("KID vs eval split", f"{r['teacher_kid']:.4f}", f"{r['student_kid']:.4f}"),
+            ("sampling seconds", f"{r['teacher_sampling_seconds']:.2f}", f"{r['student_sampling_seconds']:.2f}"),
+            ("p50 latency per image (ms, batch 1)", f"{r['teacher_latency_p50_ms']:.1f}",
+             f"{r['student_latency_p50_ms']:.1f}"),
+            ("throughput (images/s)", f"{r['teacher_throughput']:.0f}", f"{r['student_throughput']:.0f}")]
     lines = [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines.insert(1, "|---|---|---|")
     lines.append(f"\nstudent/teacher FID ratio {r['fid_ratio']:.3f}; distillation gap FID(student, teacher) "
                  f"{r['distill_gap_fid']:.3f}; real floor {r['real_floor_fid']:.3f} [{r['real_floor']}]; "
                  f"sampling speedup {r['sampling_speedup']:.1f}x")
+    if "agreement_rmse" in r:
+        lines.append(f"student vs teacher on the same noise ({r['agreement_samples']} images): pixel RMSE "
+                     f"{r['agreement_rmse']:.3f}, same class {r['agreement_class']:.3f}")
     lines.append(f"FID: feature net {r['feature_net']}, {r['num_samples']} generated samples per model "
                  f"(class-balanced), reference {r['reference']}")
     return "\n".join(lines)

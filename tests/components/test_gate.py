@@ -6,7 +6,8 @@ import torch
 from components.config import ConfigError, EvalConfig, FeatureNetConfig, GateConfig, resolve_config
 from components.gate import decide
 from components.metrics import train_feature_net
-from components.metrics.evaluate import evaluate_student_model, evaluate_teacher_model
+from components.metrics.evaluate import evaluate_student_model, evaluate_teacher_model, reference_features
+from components.metrics.extractors import DatasetFeatures
 from components.teacher import build_teacher
 
 GOOD = {"student_fid": 20.0, "teacher_fid": 18.0, "student_class_acc": 0.97, "real_floor_fid": 13.6}
@@ -43,14 +44,22 @@ def test_inconsistent_thresholds_are_errors(digits_npz):
         decide(GateConfig(fid_max=5.0), GOOD)
 
 
-def test_an_untrained_student_is_rejected(digits, tiny_teacher, tiny_teacher_cfg):
+@pytest.fixture(scope="module")
+def scored(digits, tiny_teacher):
+    net, _ = train_feature_net(FeatureNetConfig(dim=16, train_steps=150), digits, progress=False)
+    ev = EvalConfig(num_samples=200, batch_size=200, teacher_nfe_steps=(), latency_repeats=2, agreement_samples=20)
+    refs = reference_features(DatasetFeatures(net), digits)
+    teacher_m, teacher_feats, _ = evaluate_teacher_model(tiny_teacher, digits, net, refs, ev, progress=False)
+    return net, ev, refs, teacher_m, teacher_feats
+
+
+def test_an_untrained_student_is_rejected(digits, tiny_teacher, tiny_teacher_cfg, scored):
+    net, ev, refs, teacher_m, teacher_feats = scored
     torch.manual_seed(0)
     untrained = build_teacher(tiny_teacher_cfg, digits.num_classes, 1, 8)
     untrained.sampling = {"sampler": "fewstep", "sigmas": [untrained.sigma_max, 0.0]}
-    net, _ = train_feature_net(FeatureNetConfig(dim=16, train_steps=150), digits, progress=False)
-    ev = EvalConfig(num_samples=200, batch_size=200)
-    teacher_m, teacher_stats, _ = evaluate_teacher_model(tiny_teacher, digits, net, ev, progress=False)
-    metrics, _ = evaluate_student_model(untrained, digits, net, teacher_m, teacher_stats, ev, progress=False)
+    metrics, _ = evaluate_student_model(untrained, tiny_teacher, digits, net, refs, teacher_m, teacher_feats, ev,
+                                        progress=False)
     d = decide(GateConfig(fid_max=metrics["real_floor_fid"] * 5, class_acc_min=0.5), metrics)
     assert not d.passed
     assert any(r.startswith("FID ceiling") for r in d.reasons)
@@ -59,3 +68,17 @@ def test_an_untrained_student_is_rejected(digits, tiny_teacher, tiny_teacher_cfg
     real = copy.deepcopy(metrics)
     real.update(student_fid=metrics["real_floor_fid"], student_class_acc=1.0)
     assert decide(GateConfig(fid_max=metrics["real_floor_fid"] * 5, class_acc_min=0.5, fid_ratio_max=None), real).passed
+
+
+def test_a_student_that_samples_nan_is_rejected_with_the_reason(digits, tiny_teacher, scored):
+    net, ev, refs, teacher_m, teacher_feats = scored
+    broken = copy.deepcopy(tiny_teacher)
+    broken.sampling = {"sampler": "fewstep", "sigmas": [broken.sigma_max, 0.0]}
+    with torch.no_grad():
+        next(broken.unet.parameters()).fill_(float("nan"))
+    metrics, gen = evaluate_student_model(broken, tiny_teacher, digits, net, refs, teacher_m, teacher_feats, ev,
+                                          progress=False)
+    assert metrics["student_nonfinite_samples"] == 200 and gen.images.isnan().any()
+    d = decide(GateConfig(), metrics)
+    assert not d.passed and d.promote_to is None
+    assert d.reasons[0] == "student samples finite: 200 of 200 samples NaN/inf vs no NaN/inf, finite FID"

@@ -6,7 +6,8 @@ import torch
 from components.config import FeatureNetConfig
 from components.diffusion.generate import Generated
 from components.metrics import FeatureNet, feature_stats, fid, train_feature_net
-from components.metrics.evaluate import real_floor, reference_stats, score_samples
+from components.metrics.evaluate import real_floor, reference_features, score_samples
+from components.metrics.extractors import DatasetFeatures
 from components.viz import loss_curve, sample_grid
 
 
@@ -53,25 +54,30 @@ def test_feature_net_roundtrip(tmp_path, feature_net, digits):
 
 def test_real_images_score_near_floor_and_noise_scores_badly(feature_net, digits):
     net, _ = feature_net
-    refs = reference_stats(net, digits)
-    floor = real_floor(refs, net)["fid"]
+    ex = DatasetFeatures(net)
+    refs = reference_features(ex, digits)
+    floor = real_floor(refs)["fid"]
     x_tr, y_tr = digits.split("train")
     real = Generated(x_tr, y_tr, nfe=0, seconds=1.0)
     noise = Generated(torch.rand_like(x_tr) * 2 - 1, y_tr, nfe=0, seconds=1.0)
-    m_real, _ = score_samples(real, "real", net, refs)
-    m_noise, _ = score_samples(noise, "noise", net, refs)
+    m_real, _ = score_samples(real, "real", ex, net, refs)
+    m_noise, _ = score_samples(noise, "noise", ex, net, refs)
     assert m_real["fid"] == pytest.approx(floor, rel=1e-6)
     assert m_noise["fid"] > 10 * max(floor, 0.1)
     assert m_real["class_acc"] > 0.8 and m_noise["class_acc"] < 0.5
+    assert abs(m_real["kid"]) < 0.1 * m_noise["kid"] and m_noise["kid"] > 0
+    assert m_real["nonfinite_samples"] == 0 and m_real["throughput"] == pytest.approx(len(x_tr))
 
 
-def test_nan_samples_are_refused(feature_net, digits):
+def test_nan_samples_are_counted_not_scored(feature_net, digits):
     net, _ = feature_net
-    refs = reference_stats(net, digits)
+    ex = DatasetFeatures(net)
+    refs = reference_features(ex, digits)
     x = digits.images[:20].clone()
     x[3] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        score_samples(Generated(x, digits.labels[:20], 1, 1.0), "student", net, refs)
+    x[7, 0, 0, 0] = float("inf")
+    m, feats = score_samples(Generated(x, digits.labels[:20], 1, 1.0), "student", ex, net, refs)
+    assert feats is None and m["nonfinite_samples"] == 2 and np.isnan(m["fid"]) and np.isnan(m["kid"])
 
 
 def test_pictures(digits):
