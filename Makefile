@@ -10,7 +10,7 @@ export WANDB_MODE := offline
 export GX_ANALYTICS_ENABLED := false
 export AUTO_OPEN_DASHBOARD := false
 
-.PHONY: install data run repro test benchmark clean
+.PHONY: install browser data run repro test benchmark clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -40,8 +40,12 @@ run: install .zen data
 repro: install data
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-# Component, step and pipeline tests (CPU, a few minutes). No tests collected (exit 5) is a failure.
-test: install
+# Debian's chromium (apt) for the dashboard browser test; Playwright comes with the test extras.
+browser: install
+	VENV=$(VENV) scripts/browser.sh
+
+# Component, step, pipeline and browser tests (CPU, ~15 minutes). No tests collected (exit 5) is a failure.
+test: install browser
 	$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 

@@ -3,11 +3,12 @@
     python -m components.stages data      --params params.yaml --out artifacts/dataset
     python -m components.stages features  --params params.yaml --dataset artifacts/dataset --out artifacts/feature_net
     python -m components.stages teacher   --params params.yaml --dataset artifacts/dataset --out artifacts/teacher
-    python -m components.stages distill   --params params.yaml --dataset ... --teacher ... --out artifacts/student
+    python -m components.stages distill   --params params.yaml --dataset ... --teacher ... --features ...
+                                          --out artifacts/student --plots plots/distill_losses.csv
     python -m components.stages evaluate  --params params.yaml --dataset ... --features ... --teacher ... --student ...
-                                          --metrics metrics.json --out artifacts/eval
+                                          --metrics metrics.json --out artifacts/eval --plots plots/fid_vs_nfe.csv
     python -m components.stages export    --params params.yaml --dataset ... --student ... --metrics metrics.json
-                                          --out models/dmd2_student
+                                          --eval artifacts/eval --out models/dmd2_student --report artifacts/report/run_report.html
 
 Each stage writes into a temp folder beside its output and renames it when done, so a failed or
 killed stage leaves nothing half-written. Bad input exits 1 with one line naming the file/field.
@@ -104,16 +105,25 @@ def stage_teacher(cfg: dict, dataset_dir: str, out: str, plots: str) -> None:
     write_csv(Path(plots), windowed(losses or []))
 
 
-def stage_distill(cfg: dict, dataset_dir: str, teacher_dir: str, out: str, plots: str) -> None:
+def _references(cfg: dict, dataset, net):
+    from components.metrics.evaluate import extractor_for, reference_features
+
+    return reference_features(extractor_for(EvalConfig(**cfg["evaluation"]), net), dataset)
+
+
+def stage_distill(cfg: dict, dataset_dir: str, teacher_dir: str, features_dir: str, out: str, plots: str) -> None:
     from components.data import ImageDataset
     from components.diffusion import load_denoiser, save_denoiser
     from components.methods import build_method, distill
+    from components.metrics import FeatureNet
+    from components.metrics.evaluate import checkpoint_fid
 
-    dataset = ImageDataset.load(dataset_dir)
+    dataset, net = ImageDataset.load(dataset_dir), FeatureNet.from_pretrained(features_dir)
     teacher = load_denoiser(teacher_dir, what="teacher")
     method = build_method(teacher, cfg["distill"], dataset)
+    callback = checkpoint_fid(method, net, _references(cfg, dataset, net), EvalConfig(**cfg["evaluation"]))
     t0 = time.perf_counter()
-    history = distill(method)
+    history = distill(method, callback=callback)
     print(f"distillation: {time.perf_counter() - t0:.0f} s")
     with atomic_dir(out) as tmp:
         save_denoiser(method.student(), tmp)
@@ -122,47 +132,70 @@ def stage_distill(cfg: dict, dataset_dir: str, teacher_dir: str, out: str, plots
 
 
 def stage_evaluate(cfg: dict, dataset_dir: str, features_dir: str, teacher_dir: str, student_dir: str,
-                   metrics: str, out: str) -> None:
+                   metrics: str, out: str, plots: str) -> None:
+    """metrics.json (the run's summary), the teacher's figures and FID-vs-NFE points, sample grids."""
     from components.data import ImageDataset
     from components.diffusion import load_denoiser
-    from components.metrics import FeatureNet, FeatureStats
+    from components.metrics import FeatureNet, FeatureSet
     from components.metrics.evaluate import evaluate_student_model, evaluate_teacher_model
     from components.metrics.report import summary_table
-    from components.viz import sample_grid
+    from components.review import fid_points
+    from components.viz import fid_vs_nfe, sample_grid
 
     ev = EvalConfig(**cfg["evaluation"])
     dataset, net = ImageDataset.load(dataset_dir), FeatureNet.from_pretrained(features_dir)
     teacher, student = load_denoiser(teacher_dir, what="teacher"), load_denoiser(student_dir, what="student")
-    t_metrics, t_stats, t_gen = evaluate_teacher_model(teacher, dataset, net, ev)
-    # the same JSON round trip as between the pipeline's two evaluate steps
-    t_metrics, t_stats = json.loads(json.dumps(t_metrics)), FeatureStats.from_dict(t_stats.to_dict())
-    result, s_gen = evaluate_student_model(student, dataset, net, t_metrics, t_stats, ev)
+    refs = _references(cfg, dataset, net)
+    t_metrics, t_feats, t_gen = evaluate_teacher_model(teacher, dataset, net, refs, ev)
+    t_metrics = json.loads(json.dumps(t_metrics))   # the same JSON round trip as between the pipeline's steps
+    result, s_gen = evaluate_student_model(student, teacher, dataset, net, refs, t_metrics,
+                                           FeatureSet(t_feats.features, t_feats.name, t_feats.feature_net), ev)
+    points = fid_points(t_metrics["fid_vs_nfe"], result)
     with atomic_dir(out) as tmp:
         for name, gen in (("teacher", t_gen), ("student", s_gen)):
-            sample_grid(gen.images, gen.labels, dataset.num_classes, ev.grid_per_class).save(tmp / f"{name}_samples.png")
+            sample_grid(gen.images.nan_to_num(0.0), gen.labels, dataset.num_classes,
+                        ev.grid_per_class).save(tmp / f"{name}_samples.png")
+        fid_vs_nfe(points).save(tmp / "fid_vs_nfe.png")
+        write_json(tmp / "teacher_metrics.json", t_metrics)
+    Path(plots).parent.mkdir(parents=True, exist_ok=True)
+    write_csv(Path(plots), points)
     write_json(metrics, result)
     print(summary_table(result))
 
 
-def stage_export(cfg: dict, dataset_dir: str, student_dir: str, metrics: str, out: str) -> None:
+def stage_export(cfg: dict, dataset_dir: str, student_dir: str, metrics: str, eval_dir: str, out: str,
+                 report: str) -> None:
     """The quality gate on metrics.json (no production model outside ZenML), then the stock-diffusers
-    folder - or only REJECTED.md with the reasons."""
+    folder - or only REJECTED.md with the reasons - and the run report (HTML)."""
+    from PIL import Image
+
     from components.data import ImageDataset
     from components.data.versioning import dvc_md5
     from components.diffusion import load_denoiser
     from components.export import export_student
     from components.gate import decide
+    from components.review import run_report
 
     figures = json.loads(Path(metrics).read_text())
     decision = decide(GateConfig(**cfg["gate"]), figures)
     print(decision.summary())
+    data_md5 = dvc_md5(cfg["data"]["path"])
+    ev = Path(eval_dir)
+    page = run_report(figures, {**decision.to_dict(), "model_version": ""}, Image.open(ev / "fid_vs_nfe.png"),
+                      Image.open(ev / "teacher_samples.png"), Image.open(ev / "student_samples.png"),
+                      {"data": f"{cfg['data']['path']} (DVC md5 {data_md5})", "engine": "dvc repro",
+                       "teacher sha256": figures.get("teacher_sha256", "")})
+    Path(report).parent.mkdir(parents=True, exist_ok=True)
+    tmp_report = Path(report).with_name(f".{Path(report).name}.tmp")
+    tmp_report.write_text(page)
+    os.replace(tmp_report, report)
     if not decision.passed:
         with atomic_dir(out) as tmp:
             (tmp / "REJECTED.md").write_text("Not exported: " + "; ".join(decision.reasons) + "\n")
         return
     card = {"method": cfg["distill"]["method"], "metrics": figures, "teacher_nfe": figures["teacher_nfe"],
             "class_names": ImageDataset.load(dataset_dir).class_names, "data_path": cfg["data"]["path"],
-            "data_md5": dvc_md5(cfg["data"]["path"]), "config": cfg, "name": "fewstep DMD2 student"}
+            "data_md5": data_md5, "config": cfg, "name": "fewstep DMD2 student"}
     export_student(load_denoiser(student_dir, what="student"), out, card, overwrite=True)   # DVC owns `out`
     print(f"exported to {out}")
 
@@ -171,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("stage", choices=["data", "features", "teacher", "distill", "evaluate", "export"])
     ap.add_argument("--params", default="params.yaml")
-    for name in ("dataset", "features", "teacher", "student", "metrics", "plots"):
+    for name in ("dataset", "features", "teacher", "student", "metrics", "plots", "eval", "report"):
         ap.add_argument(f"--{name}")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
@@ -184,11 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         elif a.stage == "teacher":
             stage_teacher(cfg, a.dataset, a.out, a.plots)
         elif a.stage == "distill":
-            stage_distill(cfg, a.dataset, a.teacher, a.out, a.plots)
+            stage_distill(cfg, a.dataset, a.teacher, a.features, a.out, a.plots)
         elif a.stage == "evaluate":
-            stage_evaluate(cfg, a.dataset, a.features, a.teacher, a.student, a.metrics, a.out)
+            stage_evaluate(cfg, a.dataset, a.features, a.teacher, a.student, a.metrics, a.out, a.plots)
         else:
-            stage_export(cfg, a.dataset, a.student, a.metrics, a.out)
+            stage_export(cfg, a.dataset, a.student, a.metrics, a.eval, a.out, a.report)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

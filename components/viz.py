@@ -33,14 +33,46 @@ def windowed(losses: list[float], window: int = 50) -> list[dict]:
             for e in ends if e > 0]
 
 
-def loss_curve(history: list[dict], title: str) -> Image.Image:
-    """Plot every 'loss*' series of a log history against its iteration."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    return plt
+
+
+def _to_image(fig) -> Image.Image:
+    plt = _pyplot()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def fid_vs_nfe(points: list[dict], title: str = "FID vs NFE") -> Image.Image:
+    """points: {'model', 'nfe', 'fid'}; one line per model (the teacher at several step counts),
+    log-scaled NFE axis."""
+    fig, ax = _pyplot().subplots(figsize=(5, 3.4), dpi=100)
+    for model in sorted({p["model"] for p in points}):
+        pts = sorted((p["nfe"], p["fid"]) for p in points if p["model"] == model)
+        ax.plot(*zip(*pts), marker="o" if model == "teacher" else "*", markersize=6 if model == "teacher" else 14,
+                label=model)
+        for nfe, f in pts:
+            ax.annotate(f"{f:.1f}", (nfe, f), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("NFE (network evaluations per image)")
+    ax.set_ylabel("FID (eval split)")
+    ax.set_title(title)
+    ax.legend()
+    return _to_image(fig)
+
+
+def loss_curve(history: list[dict], title: str) -> Image.Image:
+    """Plot every 'loss*' series of a log history against its iteration."""
+    fig, ax = _pyplot().subplots(figsize=(6, 3.2), dpi=100)
     keys = sorted({k for h in history for k in h if k.startswith("loss")})
     for k in keys:
         pts = [(h.get("iteration", i), h[k]) for i, h in enumerate(history) if k in h]
@@ -50,9 +82,4 @@ def loss_curve(history: list[dict], title: str) -> Image.Image:
     ax.set_yscale("log")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
+    return _to_image(fig)

@@ -1,10 +1,11 @@
-"""dmd2_pipeline: lineage; ingest -> validate -> dataset -> feature net -> teacher -> distill (DMD2)
--> evaluate -> quality gate (promotes the ZenML model version) -> export. Wiring only."""
+"""dmd2_pipeline: lineage; ingest -> validate -> dataset -> feature net -> reference features ->
+teacher -> distill (DMD2) -> evaluate -> quality gate (promotes the ZenML model version) -> export;
+run report (dashboard) -> W&B. Wiring only."""
 from typing import Any, Dict, Optional
 
 from zenml import Model, pipeline
 
-from components.config import load_params
+from components.config import extractor_section, load_params
 from components.data.versioning import run_lineage
 from steps.dataset import build_dataset
 from steps.distill import distill_step
@@ -16,8 +17,11 @@ from steps.gate import quality_gate
 from steps.ingest import ingest_data
 from steps.lineage import record_lineage
 from steps.names import MODEL_NAME
+from steps.references import reference_statistics
+from steps.report import report_step
 from steps.teacher import teacher_step
 from steps.validate import validate_data
+from steps.wandb_log import log_to_wandb
 
 
 @pipeline(name="dmd2_pipeline", model=Model(name=MODEL_NAME, description="One-step DMD2 students of the "
@@ -25,20 +29,29 @@ from steps.validate import validate_data
 def dmd2_pipeline(params_file: Optional[str] = None, data: Optional[Dict[str, Any]] = None,
                   teacher: Optional[Dict[str, Any]] = None, features: Optional[Dict[str, Any]] = None,
                   distill: Optional[Dict[str, Any]] = None, evaluation: Optional[Dict[str, Any]] = None,
-                  gate: Optional[Dict[str, Any]] = None, export: Optional[Dict[str, Any]] = None) -> None:
+                  gate: Optional[Dict[str, Any]] = None, export: Optional[Dict[str, Any]] = None,
+                  tracking: Optional[Dict[str, Any]] = None) -> None:
     """`params_file` (params.yaml, shared with `dvc repro`) gives the parameters; sections passed
     here are merged over it. Everything is validated before any step runs."""
     cfg = load_params(params_file, data=data, teacher=teacher, features=features, distill=distill,
-                      evaluation=evaluation, gate=gate, export=export)
+                      evaluation=evaluation, gate=gate, export=export, tracking=tracking)
     lineage = run_lineage(cfg, params_file)
     record_lineage(lineage)
     manifest = ingest_data(cfg["data"], lineage["data_md5"])
     validation = validate_data(manifest, cfg["data"])
     dataset = build_dataset(manifest, validation, cfg["data"])
     feature_net = feature_net_step(dataset, cfg["features"])
+    references = reference_statistics(dataset, feature_net, extractor_section(cfg["evaluation"]))
     teacher_model, _ = teacher_step(dataset, cfg["teacher"])
-    student, _, _ = distill_step(teacher_model, dataset, cfg["distill"])
-    teacher_metrics, teacher_stats, _ = evaluate_teacher(teacher_model, dataset, feature_net, cfg["evaluation"])
-    metrics, _ = evaluate_student(student, dataset, feature_net, teacher_metrics, teacher_stats, cfg["evaluation"])
-    decision = quality_gate(metrics, dataset, feature_net, cfg["evaluation"], cfg["gate"], lineage["built_at"])
+    student, history, loss_curve = distill_step(teacher_model, dataset, feature_net, references, cfg["distill"],
+                                                extractor_section(cfg["evaluation"]))
+    teacher_metrics, teacher_features, teacher_grid = evaluate_teacher(teacher_model, dataset, feature_net,
+                                                                       references, cfg["evaluation"])
+    metrics, student_grid = evaluate_student(student, teacher_model, dataset, feature_net, references,
+                                             teacher_metrics, teacher_features, cfg["evaluation"])
+    decision = quality_gate(metrics, dataset, feature_net, references, cfg["evaluation"], cfg["gate"],
+                            lineage["built_at"])
     export_model(student, decision, metrics, lineage, dataset, cfg["export"])
+    report, fid_plot = report_step(metrics, teacher_metrics, decision, teacher_grid, student_grid, lineage)
+    log_to_wandb(history, metrics, decision, teacher_grid, student_grid, fid_plot, loss_curve, report, lineage,
+                 cfg["tracking"])

@@ -1,13 +1,17 @@
-"""Step: distill the teacher into a few-step student with the configured method."""
+"""Step: distill the teacher into a few-step student with the configured method (with the
+student's FID at checkpoints when distill.fid_every > 0)."""
 import time
 from typing import Annotated, Any, Dict, List, Tuple
 
 from PIL import Image
 from zenml import step
 
+from components.config import EvalConfig, parse_section
 from components.data import ImageDataset
 from components.diffusion import Denoiser
 from components.methods import build_method, distill
+from components.metrics import FeatureNet, ReferenceFeatures
+from components.metrics.evaluate import checkpoint_fid
 from components.viz import loss_curve
 from steps.metadata import log_step_metadata
 from steps.materializers import DenoiserMaterializer
@@ -15,12 +19,14 @@ from steps.names import DISTILL_HISTORY, DISTILL_LOSS_CURVE, STUDENT
 
 
 @step(output_materializers={STUDENT: DenoiserMaterializer})
-def distill_step(teacher: Denoiser, dataset: ImageDataset, distill_config: Dict[str, Any]) -> Tuple[
+def distill_step(teacher: Denoiser, dataset: ImageDataset, feature_net: FeatureNet, references: ReferenceFeatures,
+                 distill_config: Dict[str, Any], extractor: Dict[str, Any]) -> Tuple[
         Annotated[Denoiser, STUDENT], Annotated[List[Dict[str, float]], DISTILL_HISTORY],
         Annotated[Image.Image, DISTILL_LOSS_CURVE]]:
     method = build_method(teacher, distill_config, dataset)
+    callback = checkpoint_fid(method, feature_net, references, parse_section(EvalConfig, extractor, "evaluation"))
     t0 = time.perf_counter()
-    history = distill(method)
+    history = distill(method, callback=callback)
     seconds = time.perf_counter() - t0
     log_step_metadata({"distill_seconds": seconds, "method": method.cfg.method, "iterations": method.cfg.iterations,
                        **{f"final_{k}": v for k, v in (history[-1] if history else {}).items()}})

@@ -1,5 +1,6 @@
 """Step: the student's figures beside the teacher's; prints the summary table of the run."""
 import logging
+import math
 from typing import Annotated, Any, Dict, Tuple
 
 from PIL import Image
@@ -8,7 +9,7 @@ from zenml import step
 from components.config import EvalConfig, parse_section
 from components.data import ImageDataset
 from components.diffusion import Denoiser
-from components.metrics import FeatureNet, FeatureStats
+from components.metrics import FeatureNet, FeatureSet, ReferenceFeatures
 from components.metrics.evaluate import evaluate_student_model
 from components.metrics.report import summary_table
 from components.viz import sample_grid
@@ -19,13 +20,18 @@ logger = logging.getLogger(__name__)
 
 
 @step
-def evaluate_student(student: Denoiser, dataset: ImageDataset, feature_net: FeatureNet,
-                     teacher_metrics: Dict[str, Any], teacher_sample_stats: Dict[str, Any],
-                     evaluation: Dict[str, Any]) -> Tuple[
+def evaluate_student(student: Denoiser, teacher: Denoiser, dataset: ImageDataset, feature_net: FeatureNet,
+                     references: ReferenceFeatures, teacher_metrics: Dict[str, Any],
+                     teacher_sample_features: FeatureSet, evaluation: Dict[str, Any]) -> Tuple[
         Annotated[Dict[str, Any], METRICS], Annotated[Image.Image, STUDENT_SAMPLES]]:
     cfg = parse_section(EvalConfig, evaluation, "evaluation")
-    result, gen = evaluate_student_model(student, dataset, feature_net, teacher_metrics,
-                                         FeatureStats.from_dict(teacher_sample_stats), cfg)
-    log_step_metadata({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
-    logger.info("\n%s", summary_table(result))
-    return result, sample_grid(gen.images, gen.labels, dataset.num_classes, cfg.grid_per_class)
+    result, gen = evaluate_student_model(student, teacher, dataset, feature_net, references, teacher_metrics,
+                                         teacher_sample_features, cfg)
+    log_step_metadata({k: v for k, v in result.items() if isinstance(v, (int, str))
+                       or (isinstance(v, float) and math.isfinite(v))})
+    if result["student_nonfinite_samples"]:
+        logger.warning("student: %d of %d samples contain NaN/inf - it cannot be scored",
+                       result["student_nonfinite_samples"], result["num_samples"])
+    else:
+        logger.info("\n%s", summary_table(result))
+    return result, sample_grid(gen.images.nan_to_num(0.0), gen.labels, dataset.num_classes, cfg.grid_per_class)

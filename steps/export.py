@@ -1,7 +1,9 @@
 """Step: write the student as a stock-diffusers folder (ConsistencyModelPipeline) - only on a pass.
 
 The artifact is the folder; on a rejection it holds only REJECTED.md with the gate's reasons."""
+import atexit
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Dict
@@ -22,7 +24,9 @@ logger = logging.getLogger(__name__)
 def export_model(student: Denoiser, decision: Dict[str, Any], metrics: Dict[str, Any], lineage: Dict[str, Any],
                  dataset: ImageDataset, export: Dict[str, Any]) -> Annotated[Path, EXPORTED_MODEL]:
     cfg = parse_section(ExportConfig, export, "export")
-    folder = Path(tempfile.mkdtemp(prefix="export-")) / "model"
+    scratch = tempfile.mkdtemp(prefix="export-")
+    atexit.register(shutil.rmtree, scratch, True)     # ZenML copies the returned folder after the step
+    folder = Path(scratch) / "model"
     if not decision["passed"]:
         folder.mkdir()
         (folder / "REJECTED.md").write_text("Not exported: " + "; ".join(decision["reasons"]) + "\n")

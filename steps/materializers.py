@@ -14,6 +14,7 @@ from components.data import ImageDataset, load_manifest, save_manifest
 from components.data.validation import DataValidationReport
 from components.diffusion.denoiser import Denoiser, EDMDenoiser, VPDenoiser, load_denoiser, save_denoiser, state_hash
 from components.metrics.features import FeatureNet
+from components.metrics.fid import FeatureSet, ReferenceFeatures
 
 
 class _FolderMaterializer(BaseMaterializer):
@@ -65,6 +66,42 @@ class FeatureNetMaterializer(_FolderMaterializer):
 
     def _read(self, directory: str) -> FeatureNet:
         return FeatureNet.from_pretrained(directory)
+
+
+class FeatureSetMaterializer(_FolderMaterializer):
+    """Features of generated images (safetensors + JSON)."""
+
+    ASSOCIATED_TYPES = (FeatureSet,)
+    ASSOCIATED_ARTIFACT_TYPE = ArtifactType.DATA
+
+    def _write(self, data: FeatureSet, directory: str) -> None:
+        data.save(directory)
+        with open(os.path.join(directory, "name.txt"), "w") as f:
+            f.write(data.name)
+
+    def _read(self, directory: str) -> FeatureSet:
+        with open(os.path.join(directory, "name.txt")) as f:
+            return FeatureSet.load(directory, f.read())
+
+    def extract_metadata(self, data: FeatureSet) -> Dict[str, Any]:
+        return {"feature_net": data.feature_net, "num_images": len(data.features), "dim": data.features.shape[1]}
+
+
+class ReferenceFeaturesMaterializer(_FolderMaterializer):
+    """The real splits' features: one artifact per dataset version and feature extractor."""
+
+    ASSOCIATED_TYPES = (ReferenceFeatures,)
+    ASSOCIATED_ARTIFACT_TYPE = ArtifactType.DATA
+
+    def _write(self, data: ReferenceFeatures, directory: str) -> None:
+        data.save(directory)
+
+    def _read(self, directory: str) -> ReferenceFeatures:
+        return ReferenceFeatures.load(directory)
+
+    def extract_metadata(self, data: ReferenceFeatures) -> Dict[str, Any]:
+        return {"feature_net": data.eval.feature_net, "num_eval": len(data.eval.features),
+                "num_train": len(data.train.features), "dim": data.eval.features.shape[1]}
 
 
 class ImageDatasetMaterializer(_FolderMaterializer):
@@ -133,5 +170,5 @@ class DataValidationMaterializer(BaseMaterializer):
         return {"success": data.success, "expectations": len(data.outcomes), "failed": len(data.failures())}
 
 
-__all__ = ["DataValidationMaterializer", "DenoiserMaterializer", "FeatureNetMaterializer", "ImageDatasetMaterializer",
-           "ManifestMaterializer"]
+__all__ = ["DataValidationMaterializer", "DenoiserMaterializer", "FeatureNetMaterializer", "FeatureSetMaterializer",
+           "ImageDatasetMaterializer", "ManifestMaterializer", "ReferenceFeaturesMaterializer"]

@@ -18,14 +18,12 @@ def zenml_env(tmp_path_factory):
     env = dict(os.environ, ZENML_CONFIG_PATH=str(tmp / "config"), ZENML_ANALYTICS_OPT_IN="false",
                DVC_NO_ANALYTICS="1", WANDB_MODE="offline", AUTO_OPEN_DASHBOARD="false",
                ZENML_REPOSITORY_PATH=str(tmp / "repo"), ZENML_CUSTOM_SOURCE_ROOT=str(ROOT),
-               ZENML_LOGGING_COLORS_DISABLED="true")
+               ZENML_LOGGING_COLORS_DISABLED="true", WANDB_DIR=str(tmp / "wandb"))
     (tmp / "repo").mkdir()
     subprocess.run([ZENML, "init", "--path", str(tmp / "repo")], env=env, check=True, capture_output=True,
                    cwd=ROOT, timeout=300)
     yield env
     shutil.rmtree(tmp, ignore_errors=True)
-
-
 
 
 def run_zenml(env, config) -> subprocess.CompletedProcess:

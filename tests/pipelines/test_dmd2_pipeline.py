@@ -24,6 +24,10 @@ out["run_metadata"] = {k: v for k, v in run.run_metadata.items() if k != "lineag
 out["gate"] = run.steps["quality_gate"].outputs["gate_decision"][0].load()
 out["exported"] = sorted(p.name for p in run.steps["export_model"].outputs["exported_model"][0].load().iterdir())
 out["model_stage"] = str(run.model_version.stage) if run.model_version else None
+out["report"] = str(run.steps["report_step"].outputs["run_report"][0].load())
+out["report_viz"] = [str(v.type) for v in run.steps["report_step"].outputs["run_report"][0].visualizations]
+out["wandb_run"] = run.steps["log_to_wandb"].outputs["output"][0].load()
+out["history"] = run.steps["distill_step"].outputs["distill_history"][0].load()
 student = run.steps["distill_step"].outputs["student"][0]
 out["student_uri_files"] = sorted(p.name for p in __import__("pathlib").Path(student.uri).rglob("*") if p.is_file())
 print(json.dumps(out))
@@ -49,7 +53,8 @@ def _inspect(env):
 
 
 STEPS = {"record_lineage", "ingest_data", "validate_data", "build_dataset", "feature_net_step", "teacher_step",
-         "distill_step", "evaluate_teacher", "evaluate_student", "quality_gate", "export_model"}
+         "distill_step", "evaluate_teacher", "evaluate_student", "quality_gate", "export_model",
+         "reference_statistics", "report_step", "log_to_wandb"}
 
 
 def test_pipeline_runs_end_to_end(zenml_env, tmp_path, digits_npz):
@@ -78,6 +83,14 @@ def test_pipeline_runs_end_to_end(zenml_env, tmp_path, digits_npz):
         assert out["model_stage"].endswith("staging") and "model_index.json" in out["exported"]
     else:
         assert out["exported"] == ["REJECTED.md"] and out["model_stage"] in (None, "None")
+    # the run report (an HTML visualization in the dashboard) says what the gate decided and why
+    assert out["report_viz"] and out["report_viz"][0].endswith("html")
+    assert ("PASSED" if gate["passed"] else "REJECTED") in out["report"] and "FID vs NFE" in out["report"]
+    assert all(reason in out["report"] for reason in gate["reasons"])
+    # checkpoint FIDs in the history; W&B got an offline run (under WANDB_DIR)
+    assert [h["iteration"] for h in out["history"]] == [3, 6] and "fid" in out["history"][1]
+    wandb_run = Path(out["wandb_run"])
+    assert wandb_run.parent == Path(zenml_env["WANDB_DIR"]) / "wandb" and list(wandb_run.glob("run-*.wandb"))
     # lineage: the git commit and the data's DVC hash are run metadata
     meta = out["run_metadata"]
     assert len(meta["git_commit"]) == 40
@@ -90,9 +103,11 @@ def test_pipeline_runs_end_to_end(zenml_env, tmp_path, digits_npz):
     assert r2.returncode == 0, (r2.stdout + r2.stderr)[-4000:]
     out2 = _inspect(zenml_env)
     assert out2["gate"]["passed"] and out2["model_stage"].endswith("staging")
-    assert {"model_index.json", "unet", "scheduler", "README.md"} <= set(out2["exported"])
+    assert {"model_index.json", "unet", "scheduler", "README.md", "onnx"} <= set(out2["exported"])
+    assert "PASSED" in out2["report"] and "staging" in out2["report"]
     steps2 = out2["steps"]
     assert steps2["ingest_data"].endswith("cached") and steps2["teacher_step"].endswith("cached")
+    assert steps2["reference_statistics"].endswith("cached")     # once per dataset version
     assert steps2["record_lineage"].endswith("completed")        # lineage is recorded on every run
 
     # changed data (one pixel, same path): a new hash re-runs ingest and everything downstream

@@ -20,7 +20,8 @@ DVC = str(BIN / "dvc")
 # figures that depend only on seeds and parameters (wall-clock figures differ from run to run)
 DETERMINISTIC = ("teacher_fid", "teacher_fid_train", "teacher_class_acc", "teacher_nfe", "student_fid",
                  "student_fid_train", "student_class_acc", "student_nfe", "distill_gap_fid", "real_floor_fid",
-                 "nfe_speedup", "teacher_sha256", "num_samples", "feature_net")
+                 "nfe_speedup", "teacher_sha256", "num_samples", "feature_net", "teacher_kid", "student_kid",
+                 "agreement_rmse", "agreement_class", "student_nonfinite_samples")
 
 
 def tiny_params(data_path: Path) -> dict:

@@ -15,11 +15,15 @@ from steps.evaluate_student import evaluate_student
 from steps.evaluate_teacher import evaluate_teacher
 from steps.feature_net import feature_net_step
 from steps.ingest import ingest_data
+from steps.references import reference_statistics
+from steps.report import report_step
 from steps.teacher import teacher_step
 from steps.validate import validate_data
 from tests.conftest import TINY_TEACHER
 
-EVAL = {"num_samples": 60, "batch_size": 30, "grid_per_class": 2}
+EVAL = {"num_samples": 60, "batch_size": 30, "grid_per_class": 2, "teacher_nfe_steps": [2], "latency_repeats": 2,
+        "agreement_samples": 20, "kid_subsets": 5}
+EXTRACTOR = {"feature_net": "dataset"}
 
 
 @pytest.fixture(scope="module")
@@ -31,32 +35,49 @@ def chain(digits_npz):
     dataset = build_dataset.entrypoint(manifest, report, data)
     fnet = feature_net_step.entrypoint(dataset, {"dim": 16, "train_steps": 40})
     teacher, curve = teacher_step.entrypoint(dataset, dict(TINY_TEACHER, block_out_channels=[16, 32]))
+    refs = reference_statistics.entrypoint(dataset, fnet, EXTRACTOR)
     student, history, dcurve = distill_step.entrypoint(
-        teacher, dataset, {"method": "dmd2", "iterations": 4, "batch_size": 8, "log_every": 2})
-    return dataset, fnet, teacher, curve, student, history, dcurve
+        teacher, dataset, fnet, refs, {"method": "dmd2", "iterations": 4, "batch_size": 8, "log_every": 2,
+                                       "fid_every": 4, "fid_samples": 20}, EXTRACTOR)
+    return dataset, fnet, teacher, curve, student, history, dcurve, refs
 
 
 def test_ingest_and_models(chain):
-    dataset, fnet, teacher, curve, student, history, dcurve = chain
+    dataset, fnet, teacher, curve, student, history, dcurve, refs = chain
     assert isinstance(dataset, ImageDataset) and isinstance(fnet, FeatureNet)
+    assert refs.eval.features.shape == (int(dataset.is_eval.sum()), 16)
+    assert "fid" not in history[0] and history[1]["fid"] > 0      # checkpoint FID at iteration 4 only
     assert isinstance(teacher, Denoiser) and isinstance(student, Denoiser)
     assert isinstance(curve, Image.Image) and isinstance(dcurve, Image.Image)
     assert [h["iteration"] for h in history] == [2, 4]
     assert student.sampling["sampler"] == "fewstep" and teacher.sampling["sampler"] == "heun"
 
 
-def test_evaluate_steps(chain):
-    dataset, fnet, teacher, _, student, _, _ = chain
-    t_metrics, t_stats, t_grid = evaluate_teacher.entrypoint(teacher, dataset, fnet, EVAL)
+def test_evaluate_and_report_steps(chain):
+    dataset, fnet, teacher, _, student, _, _, refs = chain
+    t_metrics, t_feats, t_grid = evaluate_teacher.entrypoint(teacher, dataset, fnet, refs, EVAL)
     assert t_metrics["nfe"] == 2 * TINY_TEACHER["sampler_steps"] - 1
-    assert len(t_stats["mu"]) == 16
-    metrics, grid = evaluate_student.entrypoint(student, dataset, fnet, t_metrics, t_stats, EVAL)
+    assert t_feats.features.shape == (60, 16)
+    assert sorted(p["nfe"] for p in t_metrics["fid_vs_nfe"]) == [3, t_metrics["nfe"]]
+    metrics, grid = evaluate_student.entrypoint(student, teacher, dataset, fnet, refs, t_metrics, t_feats, EVAL)
     for key in ("teacher_fid", "student_fid", "distill_gap_fid", "real_floor_fid", "sampling_speedup",
-                "teacher_class_acc", "student_class_acc", "feature_net", "num_samples", "reference"):
+                "teacher_class_acc", "student_class_acc", "feature_net", "num_samples", "reference",
+                "teacher_kid", "student_kid", "teacher_latency_p50_ms", "student_latency_p50_ms",
+                "teacher_throughput", "student_throughput", "agreement_rmse", "agreement_class"):
         assert key in metrics
     assert metrics["student_nfe"] == 1 and metrics["num_samples"] == 60
     assert metrics["feature_net"] == fnet.name
+    assert metrics["teacher_latency_p50_ms"] > metrics["student_latency_p50_ms"] > 0    # 5 NFE vs 1
+    assert 0 < metrics["agreement_rmse"] < 2 and 0 <= metrics["agreement_class"] <= 1
     assert isinstance(grid, Image.Image)
+    decision = {"passed": False, "promote_to": None, "reasons": ["FID ratio to teacher: 3 vs 2"],
+                "checks": [{"rule": "FID ratio to teacher", "value": 3.0, "threshold": 2.0, "passed": False}]}
+    lineage = {"data_path": "data/x.npz", "data_md5": "abc123", "git_commit": "deadbeef", "built_at": "now"}
+    page, plot = report_step.entrypoint(metrics, t_metrics, decision, t_grid, grid, lineage)
+    for text in ("REJECTED", "FID ratio to teacher", "FID vs NFE", "abc123", "data:image/png;base64,",
+                 f"{metrics['student_fid']:.3f}"):
+        assert text in str(page)
+    assert isinstance(plot, Image.Image) and plot.size[0] > 200
 
 
 def test_failed_validation_stops_before_the_dataset(digits_npz):
