@@ -60,7 +60,7 @@ def score_samples(gen: Generated, name: str, extractor, classifier: FeatureNet, 
                                                                            extractor.name)
     _, pred = classifier.embed(gen.images)
     return {**base, "fid": r_eval.fid, "fid_train": r_train.fid, "fid_detail": r_eval.as_dict(),
-            "kid": kid(feats.features, refs["eval"].features, kid_subsets),
+            "kid": kid(feats.features, refs["eval"].features, kid_subsets, normalize=extractor.kid_normalize),
             "class_acc": float((pred == gen.labels).float().mean()), "nonfinite_samples": 0}, feats
 
 

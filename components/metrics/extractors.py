@@ -38,6 +38,7 @@ class DatasetFeatures:
         self.net = net.eval()
         self.name = net.name
         self.resize: Optional[Callable[[np.ndarray], np.ndarray]] = None    # the net resizes itself
+        self.kid_normalize = True                 # its features are ~10x Inception's: scale for the KID kernel
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,6 +73,7 @@ class InceptionFeatures:
     """clean-fid's InceptionV3 (pool3, 2048-d) with clean-fid's "clean" PIL-bicubic resize to 299."""
 
     name = "inception-v3-clean"
+    kid_normalize = False                         # clean-fid's KID, as is
 
     def __init__(self, directory: Optional[str] = None, download: bool = False, device: str = "cpu"):
         from cleanfid.inception_torchscript import InceptionV3W
