@@ -53,6 +53,18 @@ class TeacherConfig(Section):
     seed: int = 0
 
 
+class PairsConfig(Section):
+    """Teacher noise -> image pairs (the teacher's deterministic ODE sampler): DMD's regression
+    loss and the one-step ODE-regression warm start (components/diffusion/pairs.py)."""
+
+    num_pairs: int = Field(2000, ge=1)     # pairs in all (balanced over classes)
+    shard_size: int = Field(500, ge=1)     # pairs per shard file; finished shards survive a crash
+    batch_size: int = Field(250, ge=1)     # teacher sampling batch
+    seed: int = 0                          # noise of shard i comes from (seed, i): shards are independent
+    work_dir: str = ".cache/pairs"         # ZenML step: shards go to <work_dir>/<key>/ first (a crashed step
+                                           # resumes there); DVC writes them straight into artifacts/pairs
+
+
 class FeatureNetConfig(Section):
     dim: int = Field(64, ge=2)             # feature size for FID (d small vs. eval-split size)
     train_steps: int = Field(600, ge=1)    # ~10 s on 2 CPU cores for digits
@@ -144,7 +156,7 @@ def parse_section(model: Type[S], values: Any, prefix: str) -> S:
 
 def resolve_config(data: Any = None, teacher: Any = None, features: Any = None, distill: Any = None,
                    evaluation: Any = None, gate: Any = None, export: Any = None,
-                   tracking: Any = None) -> dict[str, dict]:
+                   tracking: Any = None, pairs: Any = None) -> dict[str, dict]:
     """Validate every section up front (before any step runs); -> sections with defaults filled."""
     from components.data import check_data_config
     from components.methods import parse_distill_config
@@ -152,6 +164,7 @@ def resolve_config(data: Any = None, teacher: Any = None, features: Any = None, 
     out = {
         "data": parse_section(DataConfig, data, "data"),
         "teacher": parse_section(TeacherConfig, teacher, "teacher"),
+        "pairs": parse_section(PairsConfig, pairs, "pairs"),
         "features": parse_section(FeatureNetConfig, features, "features"),
         "distill": parse_distill_config(distill),
         "evaluation": parse_section(EvalConfig, evaluation, "evaluation"),
@@ -174,7 +187,7 @@ def resolve_config(data: Any = None, teacher: Any = None, features: Any = None, 
     return {k: v.model_dump(mode="json") for k, v in out.items()}
 
 
-SECTIONS = ("data", "teacher", "features", "distill", "evaluation", "gate", "export", "tracking")
+SECTIONS = ("data", "teacher", "pairs", "features", "distill", "evaluation", "gate", "export", "tracking")
 
 
 def merge(base: dict, override: Any) -> dict:

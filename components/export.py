@@ -37,6 +37,18 @@ def model_card(card: dict) -> str:
                      for k, v in metrics.items() if isinstance(v, (int, float, str))
                      and not k.endswith("_seconds") and k != "sampling_speedup")
     steps = card.get("num_inference_steps", 1)
+    timesteps = card.get("timesteps")
+    call = f"timesteps={timesteps}" if timesteps else f"num_inference_steps={steps}"
+    onnx = ("""`onnx/model.onnx` is the whole one-step generator (onnxruntime, no torch): inputs `noise` (N, C, H, W)
+float32 standard normal and `class_labels` (N,) int64, output `images` (N, C, H, W) in [-1, 1].
+
+```python
+import numpy as np, onnxruntime as ort
+sess = ort.InferenceSession("onnx/model.onnx", providers=["CPUExecutionProvider"])
+noise = np.random.default_rng(0).standard_normal((8, *sess.get_inputs()[0].shape[1:]), dtype=np.float32)
+images = sess.run(None, {"noise": noise, "class_labels": np.arange(8) % NUM_CLASSES})[0]
+```""".replace("NUM_CLASSES", str(card.get("num_classes", 10))) if not timesteps else
+            "No ONNX copy: ONNX export covers one-step students so far.")
     return f"""---
 library_name: diffusers
 pipeline_tag: unconditional-image-generation
@@ -54,19 +66,11 @@ from diffusers import ConsistencyModelPipeline
 
 pipe = ConsistencyModelPipeline.from_pretrained("<this folder>")
 out = pipe(batch_size=8, class_labels=torch.arange(8) % {card.get('num_classes', 10)},
-           num_inference_steps={steps}, generator=torch.Generator().manual_seed(0))
+           {call}, generator=torch.Generator().manual_seed(0))
 out.images[0].save("sample.png")
 ```
 
-`onnx/model.onnx` is the whole one-step generator (onnxruntime, no torch): inputs `noise` (N, C, H, W)
-float32 standard normal and `class_labels` (N,) int64, output `images` (N, C, H, W) in [-1, 1].
-
-```python
-import numpy as np, onnxruntime as ort
-sess = ort.InferenceSession("onnx/model.onnx", providers=["CPUExecutionProvider"])
-noise = np.random.default_rng(0).standard_normal((8, *sess.get_inputs()[0].shape[1:]), dtype=np.float32)
-images = sess.run(None, {{"noise": noise, "class_labels": np.arange(8) % {card.get('num_classes', 10)}}})[0]
-```
+{onnx}
 
 Classes (label i): {', '.join(map(str, card.get('class_names', [])))}. Label {card.get('num_classes', '?')}
 is the null class (classifier-free guidance).
@@ -86,29 +90,51 @@ is the null class (classifier-free guidance).
 """
 
 
+GRID = 1000   # the multi-step scheduler's num_train_timesteps: DMD2's T (distill.num_train_timesteps)
+
+
+def cm_timesteps(sigmas: list[float], sigma_min: float, sigma_max: float) -> list[int]:
+    """The CMStochasticIterativeScheduler `timesteps` (descending) whose Karras sigmas are the student's."""
+    from components.diffusion import karras_sigmas
+
+    grid = karras_sigmas(GRID, sigma_min, sigma_max, append_zero=False).double()   # position t -> sigma
+    positions = []
+    for s in sigmas[:-1]:
+        t = int((grid - s).abs().argmin())
+        if abs(float(grid[t]) - s) > 1e-4 * s:
+            raise ConfigError(f"export: student sigma {s} is not on the {GRID}-point Karras grid "
+                              f"[{sigma_min}, {sigma_max}] (expected distill.num_train_timesteps = {GRID})")
+        positions.append(t)
+    return sorted(positions, reverse=True)
+
+
 def export_student(student: EDMDenoiser, target: str | os.PathLike, card: dict | None = None,
                    overwrite: bool = False) -> Path:
-    """Write the stock-diffusers folder for a one-step EDM student (temp folder, then rename)."""
+    """Write the stock-diffusers folder for a few-step EDM student (temp folder, then rename). One step:
+    num_inference_steps=1 (+ ONNX). K steps: the student's sigmas lie on the T=1000 Karras grid, which is
+    CMStochasticIterativeScheduler's grid for num_train_timesteps=1000, so `timesteps=[...]` (in the
+    model card and model_index's README) replays them; clip_denoised=False as in the project's sampler."""
     from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline
 
     if not isinstance(student, EDMDenoiser):
         raise ConfigError(f"export: a {student.kind!r} student cannot be written as a ConsistencyModelPipeline "
                           "(expected EDM preconditioning)")
     sigmas = [float(s) for s in student.sampling["sigmas"]]
-    if len(sigmas) != 2:
-        raise ConfigError(f"export: only one-step students are exported for now (sampling sigmas {sigmas})")
+    timesteps = cm_timesteps(sigmas, student.sigma_min, sigmas[0]) if len(sigmas) > 2 else None
     target = check_export_target(target, overwrite)
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        scheduler = CMStochasticIterativeScheduler(num_train_timesteps=40, sigma_min=student.sigma_min,
-                                                   sigma_max=sigmas[0], sigma_data=student.sigma_data, rho=7.0,
-                                                   clip_denoised=True)
+        scheduler = CMStochasticIterativeScheduler(num_train_timesteps=GRID if timesteps else 40,
+                                                   sigma_min=student.sigma_min, sigma_max=sigmas[0],
+                                                   sigma_data=student.sigma_data, rho=7.0,
+                                                   clip_denoised=timesteps is None)
         ConsistencyModelPipeline(unet=student.unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
         (tmp / DENOISER_FILE).write_text(json.dumps(student.config(), indent=1))
-        export_onnx(student, tmp / "onnx" / "model.onnx")
+        if timesteps is None:
+            export_onnx(student, tmp / "onnx" / "model.onnx")
         (tmp / "README.md").write_text(model_card({**(card or {}), "num_classes": student.num_classes,
-                                                   "num_inference_steps": len(sigmas) - 1}))
+                                                   "num_inference_steps": len(sigmas) - 1, "timesteps": timesteps}))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

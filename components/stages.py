@@ -3,7 +3,9 @@
     python -m components.stages data      --params params.yaml --out artifacts/dataset
     python -m components.stages features  --params params.yaml --dataset artifacts/dataset --out artifacts/feature_net
     python -m components.stages teacher   --params params.yaml --dataset artifacts/dataset --out artifacts/teacher
+    python -m components.stages pairs     --params params.yaml --teacher artifacts/teacher --out artifacts/pairs
     python -m components.stages distill   --params params.yaml --dataset ... --teacher ... --features ...
+                                          --pairs artifacts/pairs --checkpoints artifacts/checkpoints
                                           --out artifacts/student --plots plots/distill_losses.csv
     python -m components.stages evaluate  --params params.yaml --dataset ... --features ... --teacher ... --student ...
                                           --metrics metrics.json --out artifacts/eval --plots plots/fid_vs_nfe.csv
@@ -11,7 +13,8 @@
                                           --eval artifacts/eval --out models/dmd2_student --report artifacts/report/run_report.html
 
 Each stage writes into a temp folder beside its output and renames it when done, so a failed or
-killed stage leaves nothing half-written. Bad input exits 1 with one line naming the file/field.
+killed stage leaves nothing half-written. Two stages resume instead: `pairs` keeps its finished
+shards, `distill` its checkpoints (both are DVC outs with persist: true). Bad input exits 1 with one line naming the file/field.
 """
 from __future__ import annotations
 
@@ -105,22 +108,42 @@ def stage_teacher(cfg: dict, dataset_dir: str, out: str, plots: str) -> None:
     write_csv(Path(plots), windowed(losses or []))
 
 
+def stage_pairs(cfg: dict, teacher_dir: str, out: str) -> None:
+    """Teacher pairs shard by shard straight into `out` (each shard atomic; finished ones kept)."""
+    from components.config import PairsConfig
+    from components.diffusion import load_denoiser
+    from components.diffusion.pairs import generate_pairs
+    from components.teacher import teacher_sampling
+    from components.training import select_device
+
+    teacher = load_denoiser(teacher_dir, what="teacher")
+    teacher.sampling = teacher_sampling(TeacherConfig(**cfg["teacher"]), teacher)
+    pairs = generate_pairs(teacher.to(select_device("auto")), PairsConfig(**cfg["pairs"]), out)
+    print(f"teacher pairs: {len(pairs)} ({pairs.sampler['sampler']}, {len(pairs.sampler['sigmas']) - 1} steps) -> {out}")
+
+
 def _references(cfg: dict, dataset, net):
     from components.metrics.evaluate import extractor_for, reference_features
 
     return reference_features(extractor_for(EvalConfig(**cfg["evaluation"]), net), dataset)
 
 
-def stage_distill(cfg: dict, dataset_dir: str, teacher_dir: str, features_dir: str, out: str, plots: str) -> None:
+def stage_distill(cfg: dict, dataset_dir: str, teacher_dir: str, features_dir: str, pairs_dir: str,
+                  checkpoints: str, out: str, plots: str) -> None:
     from components.data import ImageDataset
     from components.diffusion import load_denoiser, save_denoiser
     from components.methods import build_method, distill
     from components.metrics import FeatureNet
     from components.metrics.evaluate import checkpoint_fid
 
+    from components.diffusion import state_hash
+    from components.diffusion.pairs import load_pairs
+
     dataset, net = ImageDataset.load(dataset_dir), FeatureNet.from_pretrained(features_dir)
     teacher = load_denoiser(teacher_dir, what="teacher")
-    method = build_method(teacher, cfg["distill"], dataset)
+    pairs = load_pairs(pairs_dir, state_hash(teacher), what=f"--pairs '{pairs_dir}'") if pairs_dir else None
+    Path(checkpoints).mkdir(parents=True, exist_ok=True)      # a DVC out even with checkpoints off
+    method = build_method(teacher, {**cfg["distill"], "checkpoint_dir": checkpoints}, dataset, pairs)
     callback = checkpoint_fid(method, net, _references(cfg, dataset, net), EvalConfig(**cfg["evaluation"]))
     t0 = time.perf_counter()
     history = distill(method, callback=callback)
@@ -202,10 +225,11 @@ def stage_export(cfg: dict, dataset_dir: str, student_dir: str, metrics: str, ev
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("stage", choices=["data", "features", "teacher", "distill", "evaluate", "export"])
+    ap.add_argument("stage", choices=["data", "features", "teacher", "pairs", "distill", "evaluate", "export"])
     ap.add_argument("--params", default="params.yaml")
-    for name in ("dataset", "features", "teacher", "student", "metrics", "plots", "eval", "report"):
+    for name in ("dataset", "features", "teacher", "pairs", "student", "metrics", "plots", "eval", "report"):
         ap.add_argument(f"--{name}")
+    ap.add_argument("--checkpoints", default="artifacts/checkpoints")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     try:
@@ -216,8 +240,10 @@ def main(argv: list[str] | None = None) -> int:
             stage_features(cfg, a.dataset, a.out)
         elif a.stage == "teacher":
             stage_teacher(cfg, a.dataset, a.out, a.plots)
+        elif a.stage == "pairs":
+            stage_pairs(cfg, a.teacher, a.out)
         elif a.stage == "distill":
-            stage_distill(cfg, a.dataset, a.teacher, a.features, a.out, a.plots)
+            stage_distill(cfg, a.dataset, a.teacher, a.features, a.pairs, a.checkpoints, a.out, a.plots)
         elif a.stage == "evaluate":
             stage_evaluate(cfg, a.dataset, a.features, a.teacher, a.student, a.metrics, a.out, a.plots)
         else:

@@ -1,5 +1,5 @@
 """dmd2_pipeline: lineage; ingest -> validate -> dataset -> feature net -> reference features ->
-teacher -> distill (DMD2) -> evaluate -> quality gate (promotes the ZenML model version) -> export;
+teacher -> teacher pairs -> distill (DMD2) -> evaluate -> quality gate (promotes the ZenML model version) -> export;
 run report (dashboard) -> W&B. Wiring only."""
 from typing import Any, Dict, Optional
 
@@ -17,6 +17,7 @@ from steps.gate import quality_gate
 from steps.ingest import ingest_data
 from steps.lineage import record_lineage
 from steps.names import MODEL_NAME
+from steps.pairs import teacher_pairs
 from steps.references import reference_statistics
 from steps.report import report_step
 from steps.teacher import teacher_step
@@ -24,17 +25,17 @@ from steps.validate import validate_data
 from steps.wandb_log import log_to_wandb
 
 
-@pipeline(name="dmd2_pipeline", model=Model(name=MODEL_NAME, description="One-step DMD2 students of the "
+@pipeline(name="dmd2_pipeline", model=Model(name=MODEL_NAME, description="Few-step DMD2 students of the "
                                             "embedded default; versions pass the quality gate to staging/production"))
 def dmd2_pipeline(params_file: Optional[str] = None, data: Optional[Dict[str, Any]] = None,
                   teacher: Optional[Dict[str, Any]] = None, features: Optional[Dict[str, Any]] = None,
                   distill: Optional[Dict[str, Any]] = None, evaluation: Optional[Dict[str, Any]] = None,
                   gate: Optional[Dict[str, Any]] = None, export: Optional[Dict[str, Any]] = None,
-                  tracking: Optional[Dict[str, Any]] = None) -> None:
+                  tracking: Optional[Dict[str, Any]] = None, pairs: Optional[Dict[str, Any]] = None) -> None:
     """`params_file` (params.yaml, shared with `dvc repro`) gives the parameters; sections passed
     here are merged over it. Everything is validated before any step runs."""
     cfg = load_params(params_file, data=data, teacher=teacher, features=features, distill=distill,
-                      evaluation=evaluation, gate=gate, export=export, tracking=tracking)
+                      evaluation=evaluation, gate=gate, export=export, tracking=tracking, pairs=pairs)
     lineage = run_lineage(cfg, params_file)
     record_lineage(lineage)
     manifest = ingest_data(cfg["data"], lineage["data_md5"])
@@ -43,8 +44,10 @@ def dmd2_pipeline(params_file: Optional[str] = None, data: Optional[Dict[str, An
     feature_net = feature_net_step(dataset, cfg["features"])
     references = reference_statistics(dataset, feature_net, extractor_section(cfg["evaluation"]))
     teacher_model, _ = teacher_step(dataset, cfg["teacher"])
-    student, history, loss_curve = distill_step(teacher_model, dataset, feature_net, references, cfg["distill"],
-                                                extractor_section(cfg["evaluation"]))
+    sampler = {k: cfg["teacher"][k] for k in ("sampler_steps", "rho", "sigma_min", "sigma_max")}
+    pairs_ = teacher_pairs(teacher_model, cfg["pairs"], sampler)
+    student, history, loss_curve = distill_step(teacher_model, dataset, pairs_, feature_net, references,
+                                                cfg["distill"], extractor_section(cfg["evaluation"]))
     teacher_metrics, teacher_features, teacher_grid = evaluate_teacher(teacher_model, dataset, feature_net,
                                                                        references, cfg["evaluation"])
     metrics, student_grid = evaluate_student(student, teacher_model, dataset, feature_net, references,

@@ -9,6 +9,7 @@ from zenml import step
 from components.config import EvalConfig, parse_section
 from components.data import ImageDataset
 from components.diffusion import Denoiser
+from components.diffusion.pairs import TeacherPairs
 from components.methods import build_method, distill
 from components.metrics import FeatureNet, ReferenceFeatures
 from components.metrics.evaluate import checkpoint_fid
@@ -19,15 +20,16 @@ from steps.names import DISTILL_HISTORY, DISTILL_LOSS_CURVE, STUDENT
 
 
 @step(output_materializers={STUDENT: DenoiserMaterializer})
-def distill_step(teacher: Denoiser, dataset: ImageDataset, feature_net: FeatureNet, references: ReferenceFeatures,
-                 distill_config: Dict[str, Any], extractor: Dict[str, Any]) -> Tuple[
+def distill_step(teacher: Denoiser, dataset: ImageDataset, pairs: TeacherPairs, feature_net: FeatureNet,
+                 references: ReferenceFeatures, distill_config: Dict[str, Any], extractor: Dict[str, Any]) -> Tuple[
         Annotated[Denoiser, STUDENT], Annotated[List[Dict[str, float]], DISTILL_HISTORY],
         Annotated[Image.Image, DISTILL_LOSS_CURVE]]:
-    method = build_method(teacher, distill_config, dataset)
+    method = build_method(teacher, distill_config, dataset, pairs)
     callback = checkpoint_fid(method, feature_net, references, parse_section(EvalConfig, extractor, "evaluation"))
     t0 = time.perf_counter()
     history = distill(method, callback=callback)
     seconds = time.perf_counter() - t0
     log_step_metadata({"distill_seconds": seconds, "method": method.cfg.method, "iterations": method.cfg.iterations,
+                       "student_steps": len(method.student().sampling["sigmas"]) - 1,
                        **{f"final_{k}": v for k, v in (history[-1] if history else {}).items()}})
     return method.student(), history, loss_curve(history, f"{method.cfg.method} losses")

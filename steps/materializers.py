@@ -13,6 +13,7 @@ from zenml.utils import io_utils
 from components.data import ImageDataset, load_manifest, save_manifest
 from components.data.validation import DataValidationReport
 from components.diffusion.denoiser import Denoiser, EDMDenoiser, VPDenoiser, load_denoiser, save_denoiser, state_hash
+from components.diffusion.pairs import TeacherPairs, load_pairs, write_pairs
 from components.metrics.features import FeatureNet
 from components.metrics.fid import FeatureSet, ReferenceFeatures
 
@@ -55,6 +56,23 @@ class DenoiserMaterializer(_FolderMaterializer):
         return {"kind": data.kind, "num_classes": data.num_classes, "state_sha256": state_hash(data),
                 "parameters": sum(p.numel() for p in data.parameters()),
                 "sampler": data.sampling["sampler"], "nfe_steps": len(data.sampling["sigmas"]) - 1}
+
+
+class TeacherPairsMaterializer(_FolderMaterializer):
+    """Teacher noise -> image pairs: safetensors shards + pairs.json (components/diffusion/pairs.py)."""
+
+    ASSOCIATED_TYPES = (TeacherPairs,)
+    ASSOCIATED_ARTIFACT_TYPE = ArtifactType.DATA
+
+    def _write(self, data: TeacherPairs, directory: str) -> None:
+        write_pairs(data, directory)
+
+    def _read(self, directory: str) -> TeacherPairs:
+        return load_pairs(directory, what="artifact")
+
+    def extract_metadata(self, data: TeacherPairs) -> Dict[str, Any]:
+        return {"num_pairs": len(data), "teacher_sha256": data.teacher_sha256,
+                "sampler": data.sampler["sampler"], "nfe_steps": len(data.sampler["sigmas"]) - 1}
 
 
 class FeatureNetMaterializer(_FolderMaterializer):

@@ -50,6 +50,17 @@ class Denoiser(nn.Module):
         cond, uncond = both.chunk(2)
         return uncond + scale * (cond - uncond)
 
+    def unet_inputs(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scaled input, noise conditioning) that the UNet sees for x at noise level sigma."""
+        raise NotImplementedError
+
+    def bottleneck(self, x: torch.Tensor, sigma, class_labels: torch.Tensor) -> torch.Tensor:
+        """The UNet's bottleneck features of the noised input x (its mid-block output)."""
+        from components.nets.unet import unet_bottleneck
+
+        inp, t = self.unet_inputs(x, self._sigma(sigma, x))
+        return unet_bottleneck(self.unet, inp, t, class_labels)
+
     def config(self) -> dict:
         return {"kind": self.kind, "num_classes": self.num_classes, "sigma_min": self.sigma_min,
                 "sigma_max": self.sigma_max, "sigma_data": self.sigma_data, "sampling": self.sampling}
@@ -70,6 +81,10 @@ class EDMDenoiser(Denoiser):
         c_in = 1.0 / (sigma**2 + s_d**2).sqrt()
         c_noise = 250.0 * torch.log(sigma + 1e-44)
         return c_skip, c_out, c_in, c_noise
+
+    def unet_inputs(self, x, sigma):
+        _, _, c_in, c_noise = self.preconditioning(sigma)
+        return c_in.view(-1, 1, 1, 1) * x, c_noise
 
     def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor) -> torch.Tensor:
         sigma = self._sigma(sigma, x)
@@ -102,6 +117,9 @@ class VPDenoiser(Denoiser):
         lo, hi = self.log_sigmas[idx - 1], self.log_sigmas[idx]
         w = ((log_s - lo) / (hi - lo)).clamp(0, 1)
         return idx - 1 + w
+
+    def unet_inputs(self, x, sigma):
+        return x / (1.0 + sigma**2).sqrt().view(-1, 1, 1, 1), self.sigma_to_t(sigma)
 
     def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor) -> torch.Tensor:
         sigma = self._sigma(sigma, x)

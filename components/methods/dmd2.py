@@ -1,18 +1,31 @@
-"""DMD2 (Yin et al. 2024, arXiv 2405.14867), one-step: distribution matching + two time-scale
-update rule. Generator G and fake score mu_fake start from the teacher; the real score
-mu_real is the frozen teacher (with classifier-free guidance). GAN term, multi-step students
-with backward simulation, regression loss and resume slot in behind the same interface."""
+"""DMD2 (Yin et al. 2024, arXiv 2405.14867): distribution matching + two time-scale update rule +
+GAN on real data + multi-step students with backward simulation; optionally DMD (v1, arXiv
+2311.18828)'s regression loss on teacher pairs and an ODE-regression warm start.
+
+Networks, all initialised from the teacher: generator G; real score mu_real = the frozen teacher
+(classifier-free guidance); fake score mu_fake (trained) with a discriminator head D on its UNet
+bottleneck. One iteration (../shared/PAPERS.md, DMD2):
+
+    x0 = G(x_k, sigma_k, c)                                  step k of the student's list
+    generator turn (every dfake_gen_update_ratio-th iteration):
+        L_G = L_DM (eq. 7 / Sec. 4.1) + w_gen * softplus(-D(x0))  [+ lambda_reg * L_reg (DMD eq. 9)]
+    critic turn (every iteration), on sg(x0):
+        L_fake + w_D * [softplus(D(x0)) + softplus(-D(x_real))]   -> mu_fake and D
+"""
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 
 import torch
-from pydantic import Field
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import nn
 
 from components.config import ConfigError
 from components.data import ImageDataset
 from components.diffusion import karras_sigmas
-from components.diffusion.denoiser import Denoiser
+from components.diffusion.denoiser import Denoiser, state_hash
 from components.diffusion.losses import edm_loss
 from components.methods.base import DistillConfig, Method
 from components.training import ema_copy, ema_update
@@ -20,18 +33,37 @@ from components.training import ema_copy, ema_update
 
 class DMD2Config(DistillConfig):
     method: str = "dmd2"
-    student_steps: int = Field(1, ge=1)     # generator steps at inference (multi-step: later issue)
+    denoising_timesteps: tuple[int, ...] = (999,)  # the student's steps as indices of the T-grid, strictly
+                                           # decreasing (SDXL 4-step: 999, 749, 499, 249); 999 = sigma_max
+    backward_simulation: bool = True       # multi-step: inputs of step k come from the student's own
+                                           # steps 0..k-1 (Sec. 4.3); off: forward-noised real images
     lr_gen: float = Field(2e-4, gt=0)       # AdamW lr of G (paper ImageNet-64: 2e-6; tiny CPU model: 2e-4)
-    lr_fake: float = Field(2e-4, gt=0)      # AdamW lr of the fake score (same as G; TTUR is the ratio)
+    lr_fake: float = Field(2e-4, gt=0)      # AdamW lr of the fake score + D head (TTUR is the ratio)
+    lr_warmup: int = Field(0, ge=0)         # linear LR warm-up iterations (reference: 500), then constant
     betas: tuple[float, float] = (0.0, 0.999)  # beta1 = 0: no momentum, as in the reference code
     weight_decay: float = Field(0.01, ge=0)    # AdamW wd (reference: 0.01)
     grad_clip: float = Field(10.0, gt=0)    # max grad norm for G and fake (reference: 10)
     dfake_gen_update_ratio: int = Field(5, ge=1)  # TTUR: fake-score updates per G update (paper: 5)
-    guidance_scale: float = Field(1.0, ge=0)  # CFG scale of mu_real (1 = conditional; 1.5 collapsed diversity here)
-    min_step_percent: float = Field(0.02, ge=0, le=1)  # G loss noise levels: U[0.02 T, 0.98 T] ...
+    guidance_scale: float = Field(1.0, ge=0)  # CFG scale of mu_real (1 = conditional)
+    min_step_percent: float = Field(0.02, ge=0, le=1)  # L_DM noise levels: U[0.02 T, 0.98 T] ...
     max_step_percent: float = Field(0.98, ge=0, le=1)  # ... of a T=1000 Karras grid (reference)
     num_train_timesteps: int = Field(1000, ge=2)
-    ema_decay: float = Field(0.99, ge=0, lt=1)  # EMA of G per G update (0 = off); the EMA is evaluated
+    ema_decay: float = Field(0.99, ge=0, lt=1)  # EMA of G per G update (0 = off); the EMA is evaluated/exported
+    w_gen: float = Field(3e-3, ge=0)        # GAN generator weight: w_gen * softplus(-D(x0)) (0 = no GAN)
+    w_D: float = Field(1e-2, ge=0)          # GAN critic weight on the fake-score turn (0 = no GAN)
+    gan_max_step_percent: float = Field(1.0, gt=0, le=1)  # D sees inputs noised to U[0, this * T) of the grid
+                                           # (1: the fake score's own levels; its forward pass is shared)
+    regression_weight: float = Field(0.0, ge=0)  # DMD v1 lambda_reg: MSE(G(z), teacher ODE(z)) on pairs
+    warm_start_iterations: int = Field(0, ge=0)  # first iterations: ODE regression on pairs only (1-step)
+
+    @field_validator("denoising_timesteps")
+    @classmethod
+    def _strictly_decreasing(cls, v):
+        if not v:
+            raise ValueError("expected at least one timestep")
+        if any(a <= b for a, b in zip(v, v[1:])):
+            raise ValueError(f"expected a strictly decreasing list of timesteps, got {list(v)}")
+        return v
 
 
 def distribution_matching_loss(x0: torch.Tensor, p_real: torch.Tensor, p_fake: torch.Tensor) -> torch.Tensor:
@@ -42,78 +74,250 @@ def distribution_matching_loss(x0: torch.Tensor, p_real: torch.Tensor, p_fake: t
     return 0.5 * ((x0 - (x0 - grad).detach()) ** 2).mean(dim=(1, 2, 3))
 
 
+def generator_gan_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    """DMD2 Sec. 4.2, non-saturating: softplus(-D(x0)) per sample."""
+    return F.softplus(-logits_fake).reshape(-1)
+
+
+def critic_gan_loss(logits_fake: torch.Tensor, logits_real: torch.Tensor) -> torch.Tensor:
+    """DMD2 Sec. 4.2: softplus(D(x0)) + softplus(-D(x_real)) per sample."""
+    return F.softplus(logits_fake).reshape(-1) + F.softplus(-logits_real).reshape(-1)
+
+
+def regression_loss(x0: torch.Tensor, y_ref: torch.Tensor) -> torch.Tensor:
+    """DMD eq. 9 with MSE as the distance (the paper: LPIPS; no LPIPS weights offline), per sample."""
+    return ((x0 - y_ref) ** 2).mean(dim=(1, 2, 3))
+
+
+class DiscriminatorHead(nn.Module):
+    """D: a small head on the fake score's bottleneck features -> one logit per sample."""
+
+    def __init__(self, channels: int, groups: int = 8):
+        super().__init__()
+        g = groups if channels % groups == 0 else 1
+        self.net = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(g, channels), nn.SiLU(),
+                                 nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(g, channels), nn.SiLU())
+        self.out = nn.Linear(channels, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(self.net(features).mean(dim=(2, 3))).squeeze(1)
+
+
+def _finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
 class DMD2(Method):
     Config = DMD2Config
 
-    def __init__(self, teacher: Denoiser, cfg: DMD2Config, data: ImageDataset):
-        super().__init__(teacher, cfg, data)
-        if cfg.student_steps != 1:
-            raise ConfigError("config field 'distill.student_steps': only 1 is supported so far "
-                              "(multi-step DMD2 needs backward simulation, not yet built)")
+    def __init__(self, teacher: Denoiser, cfg: DMD2Config, data: ImageDataset, pairs=None):
+        super().__init__(teacher, cfg, data, pairs)
+        T = cfg.num_train_timesteps
         if cfg.min_step_percent >= cfg.max_step_percent:
             raise ConfigError("config fields 'distill.min_step_percent' < 'distill.max_step_percent' required")
+        if max(cfg.denoising_timesteps) >= T or min(cfg.denoising_timesteps) < 0:
+            raise ConfigError(f"config field 'distill.denoising_timesteps': {list(cfg.denoising_timesteps)} must lie "
+                              f"in [0, {T - 1}] (distill.num_train_timesteps = {T})")
+        if cfg.warm_start_iterations and len(cfg.denoising_timesteps) != 1:
+            raise ConfigError("config field 'distill.warm_start_iterations': the ODE-regression warm start is for "
+                              "one-step students (distill.denoising_timesteps has "
+                              f"{len(cfg.denoising_timesteps)} steps)")
+        if cfg.warm_start_iterations >= cfg.iterations:
+            raise ConfigError(f"config field 'distill.warm_start_iterations': {cfg.warm_start_iterations} must be "
+                              f"below distill.iterations ({cfg.iterations})")
+        if (cfg.regression_weight > 0 or cfg.warm_start_iterations > 0):
+            if pairs is None:
+                raise ConfigError("config fields 'distill.regression_weight' / 'distill.warm_start_iterations' need "
+                                  "teacher pairs (the pairs step); none were given")
+            pairs.check_teacher(state_hash(teacher), "teacher pairs")
         dev = self.device
         self.real = copy.deepcopy(teacher).to(dev).eval().requires_grad_(False)   # mu_real, frozen
         self.fake = copy.deepcopy(teacher).to(dev).train().requires_grad_(True)   # mu_fake
         self.G = copy.deepcopy(teacher).to(dev).train().requires_grad_(True)      # generator
         self.G_ema = ema_copy(self.G) if cfg.ema_decay > 0 else None
+        self.gan = cfg.w_gen > 0 or cfg.w_D > 0
+        with torch.no_grad():
+            C, H, W = data.shape
+            probe = self.fake.bottleneck(torch.zeros(1, C, H, W, device=dev), teacher.sigma_max,
+                                         torch.zeros(1, dtype=torch.long, device=dev))
+        with torch.random.fork_rng(devices=[]):                        # D's init: a function of the seed only
+            torch.manual_seed(cfg.seed + 2)
+            self.D = DiscriminatorHead(probe.shape[1]).to(dev) if self.gan else None
         opt = dict(betas=cfg.betas, weight_decay=cfg.weight_decay)
+        fake_params = list(self.fake.parameters()) + (list(self.D.parameters()) if self.D is not None else [])
         self.opt_G = torch.optim.AdamW(self.G.parameters(), lr=cfg.lr_gen, **opt)
-        self.opt_fake = torch.optim.AdamW(self.fake.parameters(), lr=cfg.lr_fake, **opt)
-        # Karras grid ascending in sigma, as the reference EDM code indexes it
-        self.sigma_grid = karras_sigmas(cfg.num_train_timesteps, teacher.sigma_min, teacher.sigma_max,
-                                        append_zero=False).flip(0).to(dev)
-        self.sigma_start = teacher.sigma_max         # one step: x_T ~ N(0, sigma_max^2)
+        self.opt_fake = torch.optim.AdamW(fake_params, lr=cfg.lr_fake, **opt)
+        warm = cfg.lr_warmup
+        ramp = (lambda s: min(1.0, (s + 1) / warm)) if warm else (lambda s: 1.0)  # noqa: E731
+        self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, ramp)
+        self.sched_fake = torch.optim.lr_scheduler.LambdaLR(self.opt_fake, ramp)
+        # Karras grid ascending in sigma, as the reference EDM code indexes it: index T-1 = sigma_max
+        self.sigma_grid = karras_sigmas(T, teacher.sigma_min, teacher.sigma_max, append_zero=False).flip(0).to(dev)
+        self.student_sigmas = [float(self.sigma_grid[t]) for t in cfg.denoising_timesteps]   # sigma_0 > ... > 0
         self.rng = torch.Generator().manual_seed(cfg.seed + 1)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    def _randn(self, shape) -> torch.Tensor:
+        return torch.randn(shape, generator=self.rng).to(self.device)
 
     def _sigmas(self, n: int, lo: int, hi: int) -> torch.Tensor:
         idx = torch.randint(lo, hi, (n,), generator=self.rng)
         return self.sigma_grid[idx.to(self.sigma_grid.device)]
 
+    def _G(self, x, sigma, y) -> torch.Tensor:
+        with self._autocast():
+            return self.G(x, sigma, y).float()
+
+    def _logits(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """D on mu_fake's bottleneck features of x0 noised to sigma ~ the T-grid (uniform index)."""
+        sigma = self._sigmas(len(x0), 0, max(1, int(self.cfg.gan_max_step_percent * self.cfg.num_train_timesteps)))
+        x_t = x0 + sigma.view(-1, 1, 1, 1) * self._randn(x0.shape)
+        with self._autocast():
+            return self.D(self.fake.bottleneck(x_t, sigma, y)).float()
+
+    def generator_input(self, batch: dict, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(x_k, sigma_k) for a step k ~ U{0..K-1} of the student's list. k = 0: x_T = z sigma_0.
+        Backward simulation (Sec. 4.3): roll the student through steps 0..k-1 without gradients and
+        re-noise its output to sigma_k; without it: real images forward-noised to sigma_k."""
+        s = self.student_sigmas
+        k = int(torch.randint(0, len(s), (1,), generator=self.rng)) if len(s) > 1 else 0
+        x = batch["noise"].to(self.device) * s[0]
+        if k == 0:
+            return x, s[0]
+        if not self.cfg.backward_simulation:
+            return batch["real"].to(self.device) + s[k] * self._randn(x.shape), s[k]
+        with torch.no_grad():
+            for i in range(k):
+                x = self._G(x, s[i], y) + s[i + 1] * self._randn(x.shape)
+        return x, s[k]
+
+    def _update(self, loss: torch.Tensor, params, opt, sched, name: str, logs: dict) -> bool:
+        """Backward + clip + step, unless the loss or the gradient is NaN/inf (then skip and log)."""
+        opt.zero_grad(set_to_none=True)
+        if not _finite(loss):
+            logs[f"bad_{name}"] = 1.0
+            return False
+        loss.backward(inputs=params)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        if not _finite(norm):
+            opt.zero_grad(set_to_none=True)
+            logs[f"bad_{name}"] = 1.0
+            return False
+        logs[f"grad_norm_{name}"] = float(norm)
+        opt.step()
+        sched.step()
+        return True
+
+    def _pairs_batch(self, n: int):
+        idx = torch.randint(0, len(self.pairs), (n,), generator=self.rng)
+        p, s0 = self.pairs, self.student_sigmas[0]
+        return (p.noise[idx].to(self.device) * s0, p.labels[idx].to(self.device), p.images[idx].to(self.device))
+
+    def _ema(self, g_updates: int) -> None:
+        if self.G_ema is not None:
+            ema_update(self.G_ema, self.G, self.cfg.ema_decay, step=g_updates)
+
+    # -- one iteration -------------------------------------------------------------------------
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        cfg, dev = self.cfg, self.device
-        y = batch["class_labels"].to(dev)
-        x_T = batch["noise"].to(dev) * self.sigma_start
-        gen_turn = self.step % cfg.dfake_gen_update_ratio == 0
+        cfg = self.cfg
         logs: dict[str, float] = {}
+        G_params = list(self.G.parameters())
+        if self.step < cfg.warm_start_iterations:                      # ODE-regression warm start
+            x_T, y_p, x_ref = self._pairs_batch(len(batch["noise"]))
+            loss = regression_loss(self._G(x_T, self.student_sigmas[0], y_p), x_ref).mean()
+            if self._update(loss, G_params, self.opt_G, self.sched_G, "G", logs):
+                self._ema(self.step)
+            logs["loss_warm_start"] = loss.item()
+            return self._finish(logs)
+        y = batch["class_labels"].to(self.device)
+        it = self.step - cfg.warm_start_iterations
+        gen_turn = it % cfg.dfake_gen_update_ratio == 0
+        x_k, sigma_k = self.generator_input(batch, y)
         with torch.set_grad_enabled(gen_turn):
-            x0 = self.G(x_T, self.sigma_start, y)                       # x0 = G(x_T, sigma_max, c)
-        if gen_turn:                                                     # generator turn (TTUR)
+            x0 = self._G(x_k, sigma_k, y)                              # x0 = G(x_k, sigma_k, c)
+        if gen_turn:                                                   # generator turn (TTUR)
             T = cfg.num_train_timesteps
             sigma = self._sigmas(len(x0), int(cfg.min_step_percent * T), int(cfg.max_step_percent * T))
-            noise = torch.randn(x0.shape, generator=self.rng).to(dev)
-            x_t = x0.detach() + sigma.view(-1, 1, 1, 1) * noise
-            with torch.no_grad():
-                p_real = self.real.guided(x_t, sigma, y, cfg.guidance_scale)
-                p_fake = self.fake(x_t, sigma, y)
-            loss_G = distribution_matching_loss(x0, p_real, p_fake).mean()
-            self.opt_G.zero_grad(set_to_none=True)
-            loss_G.backward()
-            logs["grad_norm_G"] = float(torch.nn.utils.clip_grad_norm_(self.G.parameters(), cfg.grad_clip))
-            self.opt_G.step()
-            if self.G_ema is not None:
-                ema_update(self.G_ema, self.G, cfg.ema_decay, step=self.step // cfg.dfake_gen_update_ratio)
-            logs["loss_dm"] = loss_G.item()
-        # critic turn, every iteration: mu_fake learns the generator's current distribution
+            x_t = x0.detach() + sigma.view(-1, 1, 1, 1) * self._randn(x0.shape)
+            with torch.no_grad(), self._autocast():
+                p_real = self.real.guided(x_t, sigma, y, cfg.guidance_scale).float()
+                p_fake = self.fake(x_t, sigma, y).float()
+            loss_dm = distribution_matching_loss(x0, p_real, p_fake).mean()
+            loss_G = loss_dm
+            logs["loss_dm"] = loss_dm.item()
+            if self.gan and cfg.w_gen > 0:
+                loss_gan = generator_gan_loss(self._logits(x0, y)).mean()
+                loss_G = loss_G + cfg.w_gen * loss_gan
+                logs["loss_gan_G"] = loss_gan.item()
+            if cfg.regression_weight > 0:
+                x_T, y_p, x_ref = self._pairs_batch(len(x0))
+                loss_reg = regression_loss(self._G(x_T, self.student_sigmas[0], y_p), x_ref).mean()
+                loss_G = loss_G + cfg.regression_weight * loss_reg
+                logs["loss_reg"] = loss_reg.item()
+            if self._update(loss_G, G_params, self.opt_G, self.sched_G, "G", logs):
+                self._ema(it // cfg.dfake_gen_update_ratio)
+        # critic turn, every iteration: mu_fake learns the generator's current distribution; D tells
+        # the generator's samples from real training images
+        x0 = x0.detach()
         sigma = self._sigmas(len(x0), 0, cfg.num_train_timesteps)
-        noise = torch.randn(x0.shape, generator=self.rng).to(dev)
-        loss_fake = edm_loss(self.fake, x0.detach(), y, sigma, noise).mean()
-        self.opt_fake.zero_grad(set_to_none=True)
-        loss_fake.backward()
-        torch.nn.utils.clip_grad_norm_(self.fake.parameters(), cfg.grad_clip)
-        self.opt_fake.step()
+        critic = self.gan and cfg.w_D > 0
+        share = critic and cfg.gan_max_step_percent == 1.0
+        seen: dict = {}
+        hook = self.fake.unet.mid_block.register_forward_hook(lambda m, i, o: seen.update(h=o)) if share else None
+        try:      # D(x0) reads the bottleneck of this very forward pass: no extra pass for the fake side
+            with self._autocast():
+                loss_fake = edm_loss(self.fake, x0, y, sigma, self._randn(x0.shape)).float().mean()
+        finally:
+            if hook is not None:
+                hook.remove()
         logs["loss_fake"] = loss_fake.item()
+        loss_critic = loss_fake
+        fake_params = [p for group in self.opt_fake.param_groups for p in group["params"]]
+        if critic:
+            if share:
+                with self._autocast():
+                    logits_fake = self.D(seen["h"]).float()
+            else:
+                logits_fake = self._logits(x0, y)
+            loss_D = critic_gan_loss(logits_fake, self._logits(batch["real"].to(self.device), y)).mean()
+            loss_critic = loss_critic + cfg.w_D * loss_D
+            logs["loss_gan_D"] = loss_D.item()
+        self._update(loss_critic, fake_params, self.opt_fake, self.sched_fake, "fake", logs)
+        return self._finish(logs)
+
+    def _finish(self, logs: dict) -> dict:
         self.step += 1
+        logs["skipped"] = float(any(k.startswith("bad_") for k in logs))   # the trainer counts these in a row
         return logs
 
+    # -- the student, checkpoints ---------------------------------------------------------------
     def student(self) -> Denoiser:
         G = copy.deepcopy(self.G_ema if self.G_ema is not None else self.G).cpu().eval()
         G.requires_grad_(False)
-        G.sampling = {"sampler": "fewstep", "sigmas": [self.sigma_start, 0.0]}
+        G.sampling = {"sampler": "fewstep", "sigmas": [round(s, 6) for s in self.student_sigmas] + [0.0]}
         return G
 
     def state_dict(self) -> dict:
-        return {"G": self.G.state_dict(), "fake": self.fake.state_dict(),
-                "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
+        nets = {"G": self.G, "fake": self.fake, "G_ema": self.G_ema, "D": self.D}
+        return {**{k: (m.state_dict() if m is not None else None) for k, m in nets.items()},
                 "opt_G": self.opt_G.state_dict(), "opt_fake": self.opt_fake.state_dict(),
+                "sched_G": self.sched_G.state_dict(), "sched_fake": self.sched_fake.state_dict(),
                 "rng": self.rng.get_state(), "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, m in (("G", self.G), ("fake", self.fake), ("G_ema", self.G_ema), ("D", self.D)):
+            if m is not None:
+                m.load_state_dict(state[k])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_fake.load_state_dict(state["opt_fake"])
+        self.sched_G.load_state_dict(state["sched_G"])
+        self.sched_fake.load_state_dict(state["sched_fake"])
+        self.rng.set_state(state["rng"])
+        self.step = int(state["step"])
+
+
+__all__ = ["DMD2", "DMD2Config", "DiscriminatorHead", "critic_gan_loss",
+           "distribution_matching_loss", "generator_gan_loss", "regression_loss"]

@@ -18,3 +18,19 @@ def build_unet(sample_size: int, in_channels: int, num_classes: int,
         norm_num_groups=norm_num_groups, num_class_embeds=num_classes + 1,
         time_embedding_type="positional", flip_sin_to_cos=True, freq_shift=0, add_attention=False,
     )
+
+
+def unet_bottleneck(unet: UNet2DModel, sample, timestep, class_labels):
+    """The first half of UNet2DModel.forward: embeddings -> conv_in -> down blocks -> mid block.
+    Returns the bottleneck feature map (B, C_mid, h, w) (DMD2's discriminator reads these)."""
+    import torch
+
+    t = timestep if torch.is_tensor(timestep) else torch.tensor([timestep], device=sample.device)
+    t = (t[None] if t.ndim == 0 else t).to(sample.device) * torch.ones(sample.shape[0], device=sample.device)
+    emb = unet.time_embedding(unet.time_proj(t).to(dtype=unet.dtype))
+    if unet.class_embedding is not None:
+        emb = emb + unet.class_embedding(class_labels).to(dtype=unet.dtype)
+    h = unet.conv_in(sample)
+    for block in unet.down_blocks:
+        h, _ = block(hidden_states=h, temb=emb)
+    return unet.mid_block(h, emb) if unet.mid_block is not None else h

@@ -6,7 +6,8 @@ import torch
 
 from components.config import ConfigError
 from components.methods import METHODS, build_method, distill
-from components.methods.dmd2 import distribution_matching_loss
+from components.methods.dmd2 import (critic_gan_loss, distribution_matching_loss, generator_gan_loss,
+                                     regression_loss)
 
 TINY = dict(iterations=8, batch_size=16, seed=0, log_every=4)
 
@@ -90,6 +91,167 @@ def test_fake_score_loss_decreases(tiny_teacher, digits):
     assert h[-1]["loss_fake"] < h[0]["loss_fake"]
 
 
-def test_dmd2_refuses_multistep_for_now(tiny_teacher, digits):
-    with pytest.raises(ConfigError, match="student_steps"):
-        build_method(tiny_teacher, {"method": "dmd2", "student_steps": 4}, digits)
+@pytest.mark.parametrize("steps, match", [([999, 999], "strictly decreasing"), ([249, 999], "strictly decreasing"),
+                                          ([], "at least one"), ([1000, 10], r"\[0, 999\]")])
+def test_step_list_must_be_strictly_decreasing(tiny_teacher, digits, steps, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        build_method(tiny_teacher, {"method": "dmd2", "denoising_timesteps": steps}, digits)
+    assert "distill.denoising_timesteps" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bottleneck_is_the_unets_mid_block_output(tiny_teacher):
+    seen = {}
+    hook = tiny_teacher.unet.mid_block.register_forward_hook(lambda m, i, o: seen.__setitem__("mid", o))
+    x, y, s = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 10]), torch.tensor([0.01, 0.5, 3.0, 80.0])
+    try:
+        tiny_teacher(x, s, y)
+    finally:
+        hook.remove()
+    assert torch.allclose(tiny_teacher.bottleneck(x, s, y), seen["mid"], atol=1e-6)
+
+
+def test_gan_losses():
+    """DMD2 Sec. 4.2: critic softplus(D(fake)) + softplus(-D(real)); generator softplus(-D(fake))."""
+    zero = torch.zeros(3)
+    assert torch.allclose(critic_gan_loss(zero, zero), torch.full((3,), 2 * math.log(2)))
+    confident = critic_gan_loss(torch.full((3,), -8.0), torch.full((3,), 8.0))
+    assert (confident < 1e-3).all()                                   # a critic that is right pays ~0
+    logits = torch.zeros(2, requires_grad=True)
+    generator_gan_loss(logits).sum().backward()
+    assert (logits.grad < 0).all()                                    # G is pushed to raise D(fake)
+    assert torch.allclose(regression_loss(torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)), torch.ones(2))
+
+
+def test_gan_trains_the_head_with_the_fake_score_and_reaches_the_generator(tiny_teacher, digits):
+    batch = {"real": digits.images[:8], "class_labels": digits.labels[:8], "noise": torch.randn(8, 1, 8, 8)}
+    cfg = {"method": "dmd2", **TINY, "w_gen": 0.5, "w_D": 1.0}
+    gan = build_method(tiny_teacher, cfg, digits)
+    before = _params(gan.D)
+    logs = gan.train_step(batch)
+    assert not torch.equal(before, _params(gan.D)) and {"loss_gan_G", "loss_gan_D"} <= set(logs)
+    plain = build_method(tiny_teacher, {**cfg, "w_gen": 0.0, "w_D": 0.0}, digits)
+    assert plain.D is None
+    logs_plain = plain.train_step(batch)
+    assert "loss_gan_G" not in logs_plain and "loss_gan_D" not in logs_plain
+    # the same first batch and noise: only the GAN term differs, so G moved differently
+    assert not torch.allclose(_params(gan.G), _params(plain.G))
+
+
+def test_backward_simulation_feeds_the_students_own_rollout(tiny_teacher, digits):
+    """Sec. 4.3: the input of step k is the student's steps 0..k-1 re-noised, not noised real data."""
+    cfg = {"method": "dmd2", **TINY, "denoising_timesteps": [999, 499]}
+    m = build_method(tiny_teacher, cfg, digits)
+    batch = {"real": digits.images[:4], "class_labels": digits.labels[:4], "noise": torch.randn(4, 1, 8, 8)}
+    s0, s1 = m.student_sigmas
+    assert s0 == pytest.approx(tiny_teacher.sigma_max) and 0 < s1 < s0
+    assert m.student().sampling["sigmas"] == [pytest.approx(s0), pytest.approx(s1, rel=1e-5), 0.0]
+    for _ in range(20):                                  # draw until step k = 1 is picked
+        state = m.rng.get_state()
+        x, sigma = m.generator_input(batch, batch["class_labels"])
+        if sigma == s1:
+            break
+    assert sigma == s1
+    replay = torch.Generator().set_state(state)
+    assert int(torch.randint(0, 2, (1,), generator=replay)) == 1
+    with torch.no_grad():
+        x0 = m.G(batch["noise"] * s0, s0, batch["class_labels"])
+    expected = x0 + s1 * torch.randn(x0.shape, generator=replay)
+    assert torch.allclose(x, expected, atol=1e-5)
+    ablation = build_method(tiny_teacher, {**cfg, "backward_simulation": False}, digits)
+    ablation.rng.set_state(state)
+    x_real, _ = ablation.generator_input(batch, batch["class_labels"])
+    replay.set_state(state)
+    torch.randint(0, 2, (1,), generator=replay)
+    assert torch.allclose(x_real, batch["real"] + s1 * torch.randn(x0.shape, generator=replay), atol=1e-5)
+
+
+def test_multistep_student_trains_and_samples(tiny_teacher, digits):
+    from components.diffusion.generate import balanced_labels, generate
+
+    m = build_method(tiny_teacher, {"method": "dmd2", **TINY, "denoising_timesteps": [999, 749, 499, 249]}, digits)
+    distill(m, progress=False)
+    gen = generate(m.student(), balanced_labels(20, digits.num_classes), seed=0)
+    assert gen.nfe == 4 and torch.isfinite(gen.images).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_pairs(tiny_teacher, tmp_path_factory):
+    from components.config import PairsConfig
+    from components.diffusion.pairs import generate_pairs
+
+    return generate_pairs(tiny_teacher, PairsConfig(num_pairs=64, shard_size=32, batch_size=64),
+                          tmp_path_factory.mktemp("pairs"), progress=False)
+
+
+def test_regression_needs_pairs_of_this_teacher(tiny_teacher, digits, tiny_pairs, tiny_teacher_cfg):
+    with pytest.raises(ConfigError, match="teacher pairs"):
+        build_method(tiny_teacher, {"method": "dmd2", "regression_weight": 0.25}, digits)
+    from components.teacher import get_teacher
+
+    other, _ = get_teacher(tiny_teacher_cfg.model_copy(update={"seed": 1, "train_steps": 2}), digits, progress=False)
+    with pytest.raises(ConfigError, match="regenerate the pairs"):
+        build_method(other, {"method": "dmd2", "regression_weight": 0.25}, digits, tiny_pairs)
+    with pytest.raises(ConfigError, match="one-step"):
+        build_method(tiny_teacher, {"method": "dmd2", "warm_start_iterations": 2, "denoising_timesteps": [999, 499]},
+                     digits, tiny_pairs)
+
+
+def test_ode_warm_start_regresses_the_generator_onto_the_pairs(tiny_teacher, digits, tiny_pairs):
+    def distance(G):
+        with torch.no_grad():
+            x0 = G(tiny_pairs.noise * tiny_teacher.sigma_max, tiny_teacher.sigma_max, tiny_pairs.labels)
+        return float(regression_loss(x0, tiny_pairs.images).mean())
+
+    m = build_method(tiny_teacher, {"method": "dmd2", "iterations": 31, "batch_size": 32, "log_every": 1,
+                                    "warm_start_iterations": 30, "lr_gen": 1e-3, "ema_decay": 0.0}, digits, tiny_pairs)
+    start = distance(m.G)
+    history = distill(m, progress=False)
+    assert "loss_warm_start" in history[0] and "loss_dm" not in history[0] and "loss_dm" in history[-1]
+    assert distance(m.G) < 0.8 * start
+    m = build_method(tiny_teacher, {"method": "dmd2", **TINY, "regression_weight": 0.5}, digits, tiny_pairs)
+    assert "loss_reg" in distill(m, progress=False)[0]
+
+
+def _nan_generator_calls(method, bad_calls):
+    """Make the generator return NaN on the given call numbers (0-based)."""
+    calls = {"n": 0}
+    original = method.G.forward
+
+    def forward(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls["n"] += 1
+        return out * float("nan") if calls["n"] - 1 in bad_calls else out
+
+    method.G.forward = forward
+
+
+def test_nan_step_is_skipped_and_logged(tiny_teacher, digits):
+    m = build_method(tiny_teacher, {"method": "dmd2", **TINY, "dfake_gen_update_ratio": 1}, digits)
+    _nan_generator_calls(m, {0})
+    batch = {"real": digits.images[:8], "class_labels": digits.labels[:8], "noise": torch.randn(8, 1, 8, 8)}
+    before = _params(m.G)
+    logs = m.train_step(batch)
+    assert logs["skipped"] == 1.0 and "bad_G" in logs
+    assert torch.equal(before, _params(m.G))                          # the bad G update was not applied
+    assert all(torch.isfinite(p).all() for p in m.G.parameters())
+    logs = m.train_step(batch)
+    assert logs["skipped"] == 0.0 and not torch.equal(before, _params(m.G))
+
+
+def test_bad_steps_in_a_row_stop_the_run(tiny_teacher, digits):
+    from components.methods import DivergenceError
+
+    m = build_method(tiny_teacher, {"method": "dmd2", **TINY, "iterations": 20, "dfake_gen_update_ratio": 1,
+                                    "max_bad_steps": 3}, digits)
+    _nan_generator_calls(m, set(range(2, 100)))
+    with pytest.raises(DivergenceError, match="3 non-finite steps in a row") as err:
+        distill(m, progress=False)
+    assert "iteration 5" in str(err.value) and "distill.max_bad_steps" in str(err.value)
+
+
+def test_bf16_autocast_switch(tiny_teacher, digits):
+    m = build_method(tiny_teacher, {"method": "dmd2", **TINY, "iterations": 2, "precision": "bf16"}, digits)
+    assert m.amp
+    h = distill(m, progress=False)
+    assert all(math.isfinite(v) for v in h[-1].values())
+    assert not build_method(tiny_teacher, {"method": "dmd2", **TINY}, digits).amp    # auto on CPU: fp32

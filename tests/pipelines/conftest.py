@@ -26,6 +26,18 @@ def zenml_env(tmp_path_factory):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def tiny_config(tmp_path, data_path) -> dict:
+    """tests/pipelines/tiny.yaml with data.path, pairs.work_dir and distill.checkpoint_dir in temp folders."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "tests" / "pipelines" / "tiny.yaml").read_text())
+    p = cfg["parameters"]
+    p["data"] = {"path": str(data_path)}
+    p["pairs"] = {**p["pairs"], "work_dir": str(tmp_path / "pairs")}
+    p["distill"] = {**p["distill"], "checkpoint_dir": str(tmp_path / "checkpoints")}
+    return cfg
+
+
 def run_zenml(env, config) -> subprocess.CompletedProcess:
     """The README's command: zenml pipeline run pipelines.dmd2_pipeline -c <config>."""
     return subprocess.run([ZENML, "pipeline", "run", "pipelines.dmd2_pipeline", "-c", str(config)],

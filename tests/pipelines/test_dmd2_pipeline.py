@@ -10,7 +10,7 @@ import yaml
 
 from components.data.builtin import write_npz
 from tests.conftest import write_image_folder
-from tests.pipelines.conftest import ROOT, run_zenml as _run
+from tests.pipelines.conftest import ROOT, run_zenml as _run, tiny_config
 
 INSPECT = r"""
 import json, sys
@@ -36,8 +36,7 @@ print(json.dumps(out))
 
 def _tiny(tmp_path, data_path, gate=None) -> Path:
     """tests/pipelines/tiny.yaml with data.path pointing at a temp dataset (and gate overrides)."""
-    cfg = yaml.safe_load((ROOT / "tests" / "pipelines" / "tiny.yaml").read_text())
-    cfg["parameters"]["data"] = {"path": str(data_path)}
+    cfg = tiny_config(tmp_path, data_path)
     if gate:
         cfg["parameters"]["gate"] = gate
     out = tmp_path / f"tiny-{Path(data_path).stem}{'-gate' if gate else ''}.yaml"
@@ -54,7 +53,7 @@ def _inspect(env):
 
 STEPS = {"record_lineage", "ingest_data", "validate_data", "build_dataset", "feature_net_step", "teacher_step",
          "distill_step", "evaluate_teacher", "evaluate_student", "quality_gate", "export_model",
-         "reference_statistics", "report_step", "log_to_wandb"}
+         "reference_statistics", "report_step", "log_to_wandb", "teacher_pairs"}
 
 
 def test_pipeline_runs_end_to_end(zenml_env, tmp_path, digits_npz):

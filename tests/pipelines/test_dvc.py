@@ -61,15 +61,18 @@ def dvc_repo(tmp_path_factory):
 
 def test_dvc_repro_builds_everything_then_does_nothing(dvc_repo):
     repo, env, first = dvc_repo
-    for stage in ("data", "features", "teacher", "distill", "evaluate", "export"):
+    for stage in ("data", "features", "teacher", "pairs", "distill", "evaluate", "export"):
         assert f"Running stage '{stage}'" in first.stdout
     # the tiny student fails the default gate (class accuracy): the export holds only the reasons
     assert "quality gate: REJECTED: class accuracy floor" in first.stdout
     assert [p.name for p in (repo / "models" / "dmd2_student").iterdir()] == ["REJECTED.md"]
     metrics = json.loads((repo / "metrics.json").read_text())
     assert metrics["student_nfe"] == 1 and metrics["teacher_nfe"] == 5 and metrics["num_samples"] == 100
-    for d in ("dataset", "feature_net", "teacher", "student", "eval"):
+    for d in ("dataset", "feature_net", "teacher", "pairs", "student", "eval"):
         assert (repo / "artifacts" / d).is_dir()
+    # tiny.yaml checkpoints every 3 of 6 iterations: the run's last two checkpoints are kept
+    (run,) = list((repo / "artifacts" / "checkpoints").iterdir())
+    assert sorted(p.name for p in run.iterdir()) == ["step-00000003", "step-00000006"]
     files = [p.name for p in (repo / "artifacts").rglob("*") if p.is_file()]
     assert "diffusion_pytorch_model.safetensors" in files and "manifest.csv" in files and "validation.html" in files
     assert not any(f.endswith((".pkl", ".pickle", ".pt", ".bin")) for f in files)
@@ -105,7 +108,10 @@ def test_dvc_and_zenml_give_the_same_figures(dvc_repo, zenml_env, tmp_path):
     repo, env, _ = dvc_repo
     dvc_metrics = json.loads(_sh(["git", "show", "HEAD:metrics.json"], repo, env).stdout)  # evaluation seed 0
     cfg = tmp_path / "zenml.yaml"
-    cfg.write_text(yaml.safe_dump({"enable_cache": False, "parameters": tiny_params(repo / "data" / "digits.npz")}))
+    params = tiny_params(repo / "data" / "digits.npz")
+    params["pairs"]["work_dir"] = str(tmp_path / "pairs")
+    params["distill"]["checkpoint_dir"] = str(tmp_path / "checkpoints")
+    cfg.write_text(yaml.safe_dump({"enable_cache": False, "parameters": params}))
     r = run_zenml(zenml_env, cfg)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     load = ("from zenml.client import Client; import json; run = Client().list_pipeline_runs(sort_by='desc:created', "

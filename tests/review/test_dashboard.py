@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.pipelines.conftest import ROOT, ZENML, run_zenml
+from tests.pipelines.conftest import ROOT, ZENML, run_zenml, tiny_config
 from tests.review import browser
 
 PIPELINE = "dmd2_pipeline"
@@ -46,8 +46,7 @@ def dmd2_store(tmp_path, digits_npz):
            "WANDB_DIR": str(tmp_path / "wandb"), "ZENML_LOGGING_COLORS_DISABLED": "true"}
     subprocess.run([ZENML, "init", "--path", str(repo)], env=env, check=True, capture_output=True, cwd=ROOT,
                    timeout=300)
-    cfg = yaml.safe_load((ROOT / "tests" / "pipelines" / "tiny.yaml").read_text())
-    cfg["parameters"]["data"] = {"path": str(digits_npz)}
+    cfg = tiny_config(tmp_path, digits_npz)
     for name, gate in (("reject", None), ("pass", {"class_acc_min": None, "fid_ratio_max": 100.0})):
         if gate:
             cfg["parameters"]["gate"] = gate

@@ -15,6 +15,7 @@ from steps.evaluate_student import evaluate_student
 from steps.evaluate_teacher import evaluate_teacher
 from steps.feature_net import feature_net_step
 from steps.ingest import ingest_data
+from steps.pairs import teacher_pairs
 from steps.references import reference_statistics
 from steps.report import report_step
 from steps.teacher import teacher_step
@@ -27,7 +28,7 @@ EXTRACTOR = {"feature_net": "dataset"}
 
 
 @pytest.fixture(scope="module")
-def chain(digits_npz):
+def chain(digits_npz, tmp_path_factory):
     data = {"path": digits_npz}
     manifest = ingest_data.entrypoint(data, "md5-of-the-data")
     report = validate_data.entrypoint(manifest, data)
@@ -36,9 +37,15 @@ def chain(digits_npz):
     fnet = feature_net_step.entrypoint(dataset, {"dim": 16, "train_steps": 40})
     teacher, curve = teacher_step.entrypoint(dataset, dict(TINY_TEACHER, block_out_channels=[16, 32]))
     refs = reference_statistics.entrypoint(dataset, fnet, EXTRACTOR)
+    work = tmp_path_factory.mktemp("pairs")
+    pairs = teacher_pairs.entrypoint(teacher, {"num_pairs": 24, "shard_size": 10, "work_dir": str(work)},
+                                     {"sampler_steps": TINY_TEACHER["sampler_steps"]})
+    assert len(pairs) == 24 and len(list(next(work.iterdir()).glob("shard-*.safetensors"))) == 3
     student, history, dcurve = distill_step.entrypoint(
-        teacher, dataset, fnet, refs, {"method": "dmd2", "iterations": 4, "batch_size": 8, "log_every": 2,
-                                       "fid_every": 4, "fid_samples": 20}, EXTRACTOR)
+        teacher, dataset, pairs, fnet, refs, {"method": "dmd2", "iterations": 4, "batch_size": 8, "log_every": 2,
+                                              "fid_every": 4, "fid_samples": 20, "regression_weight": 0.5,
+                                              "checkpoint_every": 0}, EXTRACTOR)
+    assert "loss_reg" in history[0]
     return dataset, fnet, teacher, curve, student, history, dcurve, refs
 
 
