@@ -4,8 +4,9 @@ process over several sampling seeds. Prints a markdown table, and one JSON objec
 
     python benchmarks/quality.py                       # 1-step DMD2 (configs/dmd2_local.yaml), teacher cached
     python benchmarks/quality.py --steps 4             # 4-step student (configs/dmd2_4step_local.yaml)
-    python benchmarks/quality.py --ablation            # + no GAN, no TTUR, with regression, 4-step with and
-                                                       #   without backward simulation (same artifacts)
+    python benchmarks/quality.py --ablation            # + no GAN, no TTUR, without the regression loss, 4-step
+                                                       #   with and without backward simulation, and with the
+                                                       #   online G rolling out (same artifacts)
     python benchmarks/quality.py --fresh               # empty ZenML store: teacher training included
     python benchmarks/quality.py --throughput          # distillation images/s + peak memory (GPU: bf16)
 """
@@ -30,6 +31,10 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=1, help="student steps: 1 -> configs/dmd2_local.yaml, 4 -> "
                    "configs/dmd2_4step_local.yaml, other counts: evenly spaced timesteps")
     p.add_argument("--ablation", action="store_true", help="also run the ablation variants (1-step and 4-step)")
+    p.add_argument("--variants", default=None, help="comma-separated subset of the ablation variants (with "
+                   "--ablation); default: all of " + ", ".join(repr(k) for k in VARIANTS if k != "full"))
+    p.add_argument("--run-id", default=None, help="evaluate this completed dmd2_pipeline run's artifacts instead of "
+                   "running the pipeline (e.g. a second process sharing an ablation)")
     p.add_argument("--throughput", action="store_true", help="only measure distillation throughput and memory")
     p.add_argument("--config", default=None, help="pipeline YAML (default: from --steps)")
     p.add_argument("--store", default=str(ROOT / ".benchmarks" / "zenml"), help="ZENML_CONFIG_PATH to use")
@@ -56,9 +61,10 @@ VARIANTS = {
     "full": (1, {}),
     "no GAN": (1, {"w_gen": 0.0, "w_D": 0.0}),
     "no TTUR (ratio 1)": (1, {"dfake_gen_update_ratio": 1}),
-    "with regression": (1, {"regression_weight": 0.25}),
+    "no regression (DMD2 as published)": (1, {"regression_weight": 0.0}),
     "4-step full": (4, {}),
     "4-step w/o backward sim": (4, {"backward_simulation": False}),
+    "4-step rollouts by online G": (4, {"rollout_model": "online"}),
 }
 
 
@@ -191,7 +197,12 @@ def main(argv=None) -> dict:
         shutil.rmtree(args.store)
     _env(args.store)
     config = args.config or str(ROOT / "configs" / ("dmd2_4step_local.yaml" if args.steps == 4 else "dmd2_local.yaml"))
-    run, pipeline_seconds = run_pipeline(config, args.method, args.steps)
+    if args.run_id:
+        from zenml.client import Client
+
+        run, pipeline_seconds = Client().get_pipeline_run(args.run_id), float("nan")
+    else:
+        run, pipeline_seconds = run_pipeline(config, args.method, args.steps)
     if run is None or str(run.status) not in ("completed", "ExecutionStatus.COMPLETED"):
         raise SystemExit(f"pipeline run did not complete: {getattr(run, 'status', None)}")
     from zenml.client import Client
@@ -206,7 +217,11 @@ def main(argv=None) -> dict:
     distill_seconds = float(steps["distill_step"].run_metadata.get("distill_seconds", float("nan")))
     variants = {"full": (args.steps, None)}
     if args.ablation:
-        variants.update({k: v for k, v in VARIANTS.items() if k != "full"})
+        wanted = [v.strip() for v in args.variants.split(",")] if args.variants else [k for k in VARIANTS if k != "full"]
+        unknown = [w for w in wanted if w not in VARIANTS]
+        if unknown:
+            raise SystemExit(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
+        variants.update({k: VARIANTS[k] for k in wanted if k != "full"})
     rows = []
     for name, (n_steps, overrides) in variants.items():
         if overrides is None:                                          # the pipeline's own student

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import nullcontext
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,9 @@ class DMD2Config(DistillConfig):
                                            # decreasing (SDXL 4-step: 999, 749, 499, 249); 999 = sigma_max
     backward_simulation: bool = True       # multi-step: inputs of step k come from the student's own
                                            # steps 0..k-1 (Sec. 4.3); off: forward-noised real images
+    rollout_model: Literal["ema", "online"] = "ema"  # who rolls out steps 0..k-1: the EMA generator (the
+                                           # one evaluated and exported, so training sees what inference
+                                           # sees) or the online G (the reference code; no EMA: always G)
     lr_gen: float = Field(2e-4, gt=0)       # AdamW lr of G (paper ImageNet-64: 2e-6; tiny CPU model: 2e-4)
     lr_fake: float = Field(2e-4, gt=0)      # AdamW lr of the fake score + D head (TTUR is the ratio)
     lr_warmup: int = Field(0, ge=0)         # linear LR warm-up iterations (reference: 500), then constant
@@ -189,9 +193,10 @@ class DMD2(Method):
             return x, s[0]
         if not self.cfg.backward_simulation:
             return batch["real"].to(self.device) + s[k] * self._randn(x.shape), s[k]
-        with torch.no_grad():
+        net = self.G_ema if self.cfg.rollout_model == "ema" and self.G_ema is not None else self.G
+        with torch.no_grad(), self._autocast():
             for i in range(k):
-                x = self._G(x, s[i], y) + s[i + 1] * self._randn(x.shape)
+                x = net(x, s[i], y).float() + s[i + 1] * self._randn(x.shape)
         return x, s[k]
 
     def _update(self, loss: torch.Tensor, params, opt, sched, name: str, logs: dict) -> bool:
@@ -277,12 +282,14 @@ class DMD2(Method):
         loss_critic = loss_fake
         fake_params = [p for group in self.opt_fake.param_groups for p in group["params"]]
         if critic:
+            x_real = batch["real"].to(self.device)
             if share:
                 with self._autocast():
                     logits_fake = self.D(seen["h"]).float()
-            else:
-                logits_fake = self._logits(x0, y)
-            loss_D = critic_gan_loss(logits_fake, self._logits(batch["real"].to(self.device), y)).mean()
+                logits_real = self._logits(x_real, y)
+            else:            # one batched pass for both sides (per-sample GroupNorm: the same logits)
+                logits_fake, logits_real = self._logits(torch.cat([x0, x_real]), torch.cat([y, y])).chunk(2)
+            loss_D = critic_gan_loss(logits_fake, logits_real).mean()
             loss_critic = loss_critic + cfg.w_D * loss_D
             logs["loss_gan_D"] = loss_D.item()
         self._update(loss_critic, fake_params, self.opt_fake, self.sched_fake, "fake", logs)

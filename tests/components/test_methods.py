@@ -145,6 +145,9 @@ def test_backward_simulation_feeds_the_students_own_rollout(tiny_teacher, digits
     s0, s1 = m.student_sigmas
     assert s0 == pytest.approx(tiny_teacher.sigma_max) and 0 < s1 < s0
     assert m.student().sampling["sigmas"] == [pytest.approx(s0), pytest.approx(s1, rel=1e-5), 0.0]
+    with torch.no_grad():                                # the EMA generator (the exported one) rolls out
+        for p in m.G_ema.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     for _ in range(20):                                  # draw until step k = 1 is picked
         state = m.rng.get_state()
         x, sigma = m.generator_input(batch, batch["class_labels"])
@@ -154,9 +157,17 @@ def test_backward_simulation_feeds_the_students_own_rollout(tiny_teacher, digits
     replay = torch.Generator().set_state(state)
     assert int(torch.randint(0, 2, (1,), generator=replay)) == 1
     with torch.no_grad():
-        x0 = m.G(batch["noise"] * s0, s0, batch["class_labels"])
+        x0 = m.G_ema(batch["noise"] * s0, s0, batch["class_labels"])
+        x0_online = m.G(batch["noise"] * s0, s0, batch["class_labels"])
     expected = x0 + s1 * torch.randn(x0.shape, generator=replay)
     assert torch.allclose(x, expected, atol=1e-5)
+    assert not torch.allclose(x0, x0_online, atol=1e-3)
+    m.cfg = m.cfg.model_copy(update={"rollout_model": "online"})   # the reference code's choice: online G
+    m.rng.set_state(state)
+    x_online, _ = m.generator_input(batch, batch["class_labels"])
+    replay.set_state(state)
+    torch.randint(0, 2, (1,), generator=replay)
+    assert torch.allclose(x_online, x0_online + s1 * torch.randn(x0.shape, generator=replay), atol=1e-5)
     ablation = build_method(tiny_teacher, {**cfg, "backward_simulation": False}, digits)
     ablation.rng.set_state(state)
     x_real, _ = ablation.generator_input(batch, batch["class_labels"])
