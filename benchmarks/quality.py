@@ -35,6 +35,8 @@ def parse_args(argv=None):
                    "--ablation); default: all of " + ", ".join(repr(k) for k in VARIANTS if k != "full"))
     p.add_argument("--run-id", default=None, help="evaluate this completed dmd2_pipeline run's artifacts instead of "
                    "running the pipeline (e.g. a second process sharing an ablation)")
+    p.add_argument("--teacher-from", default=None, help="with --run-id: take the teacher's figures from this "
+                   "benchmark JSON of the same run instead of sampling the teacher again (no distill gap then)")
     p.add_argument("--throughput", action="store_true", help="only measure distillation throughput and memory")
     p.add_argument("--config", default=None, help="pipeline YAML (default: from --steps)")
     p.add_argument("--store", default=str(ROOT / ".benchmarks" / "zenml"), help="ZENML_CONFIG_PATH to use")
@@ -213,7 +215,14 @@ def main(argv=None) -> dict:
     run = Client().get_pipeline_run(run.id)
     steps = run.steps
     ctx = Context(run, args.num_samples, args.seeds)
-    teacher, t_feats = ctx.evaluate(ctx.teacher, "teacher", progress=True)
+    if args.teacher_from:
+        prior = json.loads(Path(args.teacher_from).read_text().strip().splitlines()[-1])
+        if prior.get("run_id") != str(run.id):
+            raise SystemExit(f"--teacher-from {args.teacher_from}: its run_id {prior.get('run_id')} is not the "
+                             f"evaluated run {run.id}")
+        teacher, t_feats = prior["teacher"], None
+    else:
+        teacher, t_feats = ctx.evaluate(ctx.teacher, "teacher", progress=True)
     distill_seconds = float(steps["distill_step"].run_metadata.get("distill_seconds", float("nan")))
     variants = {"full": (args.steps, None)}
     if args.ablation:
@@ -230,7 +239,7 @@ def main(argv=None) -> dict:
             print(f"\nablation: {name}", file=sys.stderr)
             student, seconds = distill_variant(ctx, n_steps, overrides)
         m, s_feats = ctx.evaluate(student, name)
-        gap = [fid(s.stats(), t.stats(), ctx.fnet.name).fid for s, t in zip(s_feats, t_feats)]
+        gap = [fid(s.stats(), t.stats(), ctx.fnet.name).fid for s, t in zip(s_feats, t_feats or [])] or [float("nan")]
         rows.append({"variant": name if name != "full" else f"full ({args.steps}-step)", "steps": n_steps, **m,
                      "distill_seconds": seconds, "fid_ratio": m["fid"] / teacher["fid"],
                      "distill_gap_fid": sum(gap) / len(gap)})
