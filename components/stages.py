@@ -15,6 +15,9 @@
 Each stage writes into a temp folder beside its output and renames it when done, so a failed or
 killed stage leaves nothing half-written. Two stages resume instead: `pairs` keeps its finished
 shards, `distill` its checkpoints (both are DVC outs with persist: true). Bad input exits 1 with one line naming the file/field.
+
+`distill` also runs data-parallel, unchanged, under a launcher (components/distributed.py):
+    torchrun --nproc_per_node 2 -m components.stages distill ...     (or accelerate launch, a PyTorchJob)
 """
 from __future__ import annotations
 
@@ -139,19 +142,29 @@ def stage_distill(cfg: dict, dataset_dir: str, teacher_dir: str, features_dir: s
     from components.diffusion import state_hash
     from components.diffusion.pairs import load_pairs
 
-    dataset, net = ImageDataset.load(dataset_dir), FeatureNet.from_pretrained(features_dir)
-    teacher = load_denoiser(teacher_dir, what="teacher")
-    pairs = load_pairs(pairs_dir, state_hash(teacher), what=f"--pairs '{pairs_dir}'") if pairs_dir else None
-    Path(checkpoints).mkdir(parents=True, exist_ok=True)      # a DVC out even with checkpoints off
-    method = build_method(teacher, {**cfg["distill"], "checkpoint_dir": checkpoints}, dataset, pairs)
-    callback = checkpoint_fid(method, net, _references(cfg, dataset, net), EvalConfig(**cfg["evaluation"]))
-    t0 = time.perf_counter()
-    history = distill(method, callback=callback)
-    print(f"distillation: {time.perf_counter() - t0:.0f} s")
-    with atomic_dir(out) as tmp:
-        save_denoiser(method.student(), tmp)
-    Path(plots).parent.mkdir(parents=True, exist_ok=True)
-    write_csv(Path(plots), history)
+    from components.distributed import init_from_env, shutdown
+
+    world = init_from_env()          # under torchrun / accelerate launch / a PyTorchJob: data-parallel ranks
+    try:
+        dataset, net = ImageDataset.load(dataset_dir), FeatureNet.from_pretrained(features_dir)
+        teacher = load_denoiser(teacher_dir, what="teacher")
+        pairs = load_pairs(pairs_dir, state_hash(teacher), what=f"--pairs '{pairs_dir}'") if pairs_dir else None
+        Path(checkpoints).mkdir(parents=True, exist_ok=True)      # a DVC out even with checkpoints off
+        method = build_method(teacher, {**cfg["distill"], "checkpoint_dir": checkpoints}, dataset, pairs)
+        callback = None
+        if world.is_main:            # the student's FID at checkpoints: rank 0 only (the ranks hold the same G)
+            callback = checkpoint_fid(method, net, _references(cfg, dataset, net), EvalConfig(**cfg["evaluation"]))
+        t0 = time.perf_counter()
+        history = distill(method, callback=callback)
+        if world.is_main:
+            print(f"distillation: {time.perf_counter() - t0:.0f} s on {world.size} process(es)")
+            with atomic_dir(out) as tmp:
+                save_denoiser(method.student(), tmp)
+            Path(plots).parent.mkdir(parents=True, exist_ok=True)
+            write_csv(Path(plots), history)
+        world.barrier()
+    finally:
+        shutdown()
 
 
 def stage_evaluate(cfg: dict, dataset_dir: str, features_dir: str, teacher_dir: str, student_dir: str,

@@ -7,7 +7,9 @@ returning per-sample values; the reduction lives in train_step.
 
 The trainer `distill` owns what every method shares: seeded batches, the NaN/inf guard (a
 method marks a skipped step with logs['skipped'] = 1; K in a row stop the run), checkpoints
-every N iterations (method + batch order + RNG + history) and exact resume."""
+every N iterations (method + batch order + RNG + history), exact resume, and data parallelism
+over the ranks of torch.distributed (components/distributed.py: each rank trains on its shard of
+the global batch; one process is the special case)."""
 from __future__ import annotations
 
 import hashlib
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 from components.config import ConfigError, Section
 from components.data import ImageDataset
 from components.diffusion.denoiser import Denoiser, state_hash
+from components.distributed import current_world
 from components.training import BatchSampler, seed_everything, select_device
 
 
@@ -70,6 +73,7 @@ class Method(ABC):
         self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"
                                                and torch.cuda.is_bf16_supported())
         self.teacher_sha256 = state_hash(teacher)
+        self.world = current_world()        # data-parallel ranks (components/distributed.py); 1 without torchrun
         self.step = 0
 
     @abstractmethod
@@ -148,16 +152,22 @@ def distill(method: Method, progress: bool = True,
     """Run cfg.iterations train steps on seeded batches of the TRAIN split; -> log history.
     With cfg.checkpoint_every, saves checkpoints and resumes the latest one of the same run: the
     result equals an uninterrupted run's."""
-    cfg = method.cfg
+    cfg, world = method.cfg, method.world
     g = seed_everything(cfg.seed)
     images, labels = method.data.split("train")
-    batches = BatchSampler(images, labels, batch_size=min(cfg.batch_size, len(images)), generator=g)
+    batch_size = min(cfg.batch_size, len(images))          # the global batch, over all data-parallel ranks
+    if batch_size % world.size:
+        raise ConfigError(f"config field 'distill.batch_size': {batch_size} does not divide over {world.size} "
+                          "processes; use a multiple of the number of processes")
+    batches = BatchSampler(images, labels, batch_size=batch_size, generator=g)
     history, window, start, bad = [], [], 0, 0
     ckpt = Checkpoints(method) if cfg.checkpoint_every else None
     if ckpt is not None:
         src = ckpt.source()
         if src is None:
-            shutil.rmtree(ckpt.dir, ignore_errors=True)
+            if world.is_main:
+                shutil.rmtree(ckpt.dir, ignore_errors=True)
+            world.barrier()
         else:
             from components.checkpoint import load_checkpoint
 
@@ -167,12 +177,13 @@ def distill(method: Method, progress: bool = True,
             torch.set_rng_state(state["torch_rng"])
             history, start, bad = meta["history"], int(state["iteration"]), int(state["bad_in_a_row"])
             print(f"distill: resumed from {src} (iteration {start})", file=sys.stderr)
-    bar = tqdm(range(start, cfg.iterations), desc=f"distill ({cfg.method})", disable=not progress,
+    bar = tqdm(range(start, cfg.iterations), desc=f"distill ({cfg.method})", disable=not (progress and world.is_main),
                mininterval=2, initial=start, total=cfg.iterations)
     for it in bar:
-        x_real, y = batches.next()
+        x_real, y = batches.next()                         # every rank draws the global batch ...
         z = torch.randn(x_real.shape, generator=g)
-        logs = method.train_step({"real": x_real, "class_labels": y, "noise": z})
+        batch = {"real": x_real, "class_labels": y, "noise": z}
+        logs = world.mean_logs(method.train_step({k: world.shard(v) for k, v in batch.items()}))   # ... keeps its shard
         bad = bad + 1 if logs.get("skipped") else 0
         if bad >= cfg.max_bad_steps:
             which = ", ".join(k[4:] for k in logs if k.startswith("bad_")) or "a"
@@ -186,10 +197,13 @@ def distill(method: Method, progress: bool = True,
             mean["iteration"] = it + 1
             history.append(mean)
             bar.set_postfix({k: f"{v:.4f}" for k, v in mean.items() if k.startswith("loss")})
-            if callback is not None:
+            if callback is not None and world.is_main:
                 callback(it + 1, mean)
             window = []
         if ckpt is not None and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations):
-            ckpt.save(it + 1, {"method": method.state_dict(), "batches": batches.state_dict(),
-                               "torch_rng": torch.get_rng_state(), "iteration": it + 1, "bad_in_a_row": bad}, history)
+            if world.is_main:                              # the ranks hold the same state: rank 0 writes it
+                ckpt.save(it + 1, {"method": method.state_dict(), "batches": batches.state_dict(),
+                                   "torch_rng": torch.get_rng_state(), "iteration": it + 1, "bad_in_a_row": bad},
+                          history)
+            world.barrier()
     return history

@@ -164,21 +164,25 @@ class DMD2(Method):
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
 
-    def _randn(self, shape) -> torch.Tensor:
-        return torch.randn(shape, generator=self.rng).to(self.device)
+    # Random draws are made for the global batch and sharded (components/distributed.py): a rank sees
+    # the numbers one process would use for its samples. `parts`: n holds that many batches end to end.
+    def _randn(self, shape, parts: int = 1) -> torch.Tensor:
+        z = torch.randn((self.world.global_size(shape[0]), *shape[1:]), generator=self.rng)
+        return self.world.shard(z, parts).to(self.device)
 
-    def _sigmas(self, n: int, lo: int, hi: int) -> torch.Tensor:
-        idx = torch.randint(lo, hi, (n,), generator=self.rng)
+    def _sigmas(self, n: int, lo: int, hi: int, parts: int = 1) -> torch.Tensor:
+        idx = self.world.shard(torch.randint(lo, hi, (self.world.global_size(n),), generator=self.rng), parts)
         return self.sigma_grid[idx.to(self.sigma_grid.device)]
 
     def _G(self, x, sigma, y) -> torch.Tensor:
         with self._autocast():
             return self.G(x, sigma, y).float()
 
-    def _logits(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x0: torch.Tensor, y: torch.Tensor, parts: int = 1) -> torch.Tensor:
         """D on mu_fake's bottleneck features of x0 noised to sigma ~ the T-grid (uniform index)."""
-        sigma = self._sigmas(len(x0), 0, max(1, int(self.cfg.gan_max_step_percent * self.cfg.num_train_timesteps)))
-        x_t = x0 + sigma.view(-1, 1, 1, 1) * self._randn(x0.shape)
+        hi = max(1, int(self.cfg.gan_max_step_percent * self.cfg.num_train_timesteps))
+        sigma = self._sigmas(len(x0), 0, hi, parts)
+        x_t = x0 + sigma.view(-1, 1, 1, 1) * self._randn(x0.shape, parts)
         with self._autocast():
             return self.D(self.fake.bottleneck(x_t, sigma, y)).float()
 
@@ -202,10 +206,11 @@ class DMD2(Method):
     def _update(self, loss: torch.Tensor, params, opt, sched, name: str, logs: dict) -> bool:
         """Backward + clip + step, unless the loss or the gradient is NaN/inf (then skip and log)."""
         opt.zero_grad(set_to_none=True)
-        if not _finite(loss):
+        if self.world.any(not _finite(loss)):                          # any rank bad: all skip together
             logs[f"bad_{name}"] = 1.0
             return False
         loss.backward(inputs=params)
+        self.world.average_gradients(params)                           # data parallel: mean over ranks
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         if not _finite(norm):
             opt.zero_grad(set_to_none=True)
@@ -217,7 +222,7 @@ class DMD2(Method):
         return True
 
     def _pairs_batch(self, n: int):
-        idx = torch.randint(0, len(self.pairs), (n,), generator=self.rng)
+        idx = self.world.shard(torch.randint(0, len(self.pairs), (self.world.global_size(n),), generator=self.rng))
         p, s0 = self.pairs, self.student_sigmas[0]
         return (p.noise[idx].to(self.device) * s0, p.labels[idx].to(self.device), p.images[idx].to(self.device))
 
@@ -288,7 +293,7 @@ class DMD2(Method):
                     logits_fake = self.D(seen["h"]).float()
                 logits_real = self._logits(x_real, y)
             else:            # one batched pass for both sides (per-sample GroupNorm: the same logits)
-                logits_fake, logits_real = self._logits(torch.cat([x0, x_real]), torch.cat([y, y])).chunk(2)
+                logits_fake, logits_real = self._logits(torch.cat([x0, x_real]), torch.cat([y, y]), parts=2).chunk(2)
             loss_D = critic_gan_loss(logits_fake, logits_real).mean()
             loss_critic = loss_critic + cfg.w_D * loss_D
             logs["loss_gan_D"] = loss_D.item()
