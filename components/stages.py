@@ -236,7 +236,7 @@ def stage_export(cfg: dict, dataset_dir: str, student_dir: str, metrics: str, ev
     print(f"exported to {out}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("stage", choices=["data", "features", "teacher", "pairs", "distill", "evaluate", "export"])
     ap.add_argument("--params", default="params.yaml")
@@ -244,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(f"--{name}")
     ap.add_argument("--checkpoints", default="artifacts/checkpoints")
     ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     try:
         cfg = load_params(a.params)
         if a.stage == "data":
