@@ -10,7 +10,7 @@ export WANDB_MODE := offline
 export GX_ANALYTICS_ENABLED := false
 export AUTO_OPEN_DASHBOARD := false
 
-.PHONY: install browser data run repro test benchmark clean
+.PHONY: install browser data run repro test benchmark kubeflow-compile clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -51,6 +51,11 @@ test: install browser
 
 benchmark: install
 	$(BIN)/python benchmarks/quality.py
+
+# dmd2_pipeline compiled by ZenML's Kubeflow orchestrator to a KFP v2 YAML, offline (no cluster, no Docker):
+# infra/kubeflow/ (README "Run on Kubernetes"). It hashes data/ as a run would, so it needs the data.
+kubeflow-compile: install data/digits.npz
+	$(BIN)/python -m infra.kubeflow.compile --config configs/dmd2_kubeflow.yaml --out build/kubeflow/dmd2_pipeline.yaml
 
 clean:
 	rm -rf .benchmarks .pytest_cache

@@ -1,7 +1,7 @@
 """The weekly retrain CronJob on a cluster: render infra/k8s/base, patch it, server-side apply it.
 
     python -m infra.schedule apply|delete|show [--cron "0 3 * * 1"] [--namespace fewstep]
-        [--image ghcr.io/example/fewstep:0.1.0] [--wandb-secret wandb] [--storage-secret artifact-store]
+        [--image registry.example.com/fewstep:0.1.0] [--wandb-secret wandb] [--storage-secret artifact-store]
         [--zenml-secret zenml-server] [--gpus 1] [--config configs/dmd2_local.yaml]
         [--force-conflicts] [--context NAME] [--dry-run]
 
@@ -143,7 +143,7 @@ def check_options(opts: Options) -> Options:
                             "letters, digits and '-', at most 63 characters)")
     if opts.image is not None and (not opts.image.strip() or any(c.isspace() for c in opts.image)):
         raise ScheduleError(f"--image '{opts.image}': expected an image reference such as "
-                            "ghcr.io/example/fewstep:0.1.0")
+                            "registry.example.com/fewstep:0.1.0")
     for default, attr in SECRET_OPTIONS.items():
         name = getattr(opts, attr)
         flag = "--" + attr.replace("_", "-")

@@ -207,7 +207,7 @@ def test_cronjob_settings():
     assert pod["serviceAccountName"] == "fewstep-retrain" and pod["restartPolicy"] == "Never"
     (container,) = pod["containers"]
     assert container["command"] == ["python", "-m", "infra.retrain"]
-    assert container["image"] == "ghcr.io/example/fewstep:0.1.0"
+    assert container["image"] == "registry.example.com/fewstep:0.1.0"
     from components.schedule import validate_cron
 
     validate_cron(spec["schedule"], 5)

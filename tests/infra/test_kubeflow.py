@@ -1,0 +1,391 @@
+"""infra/: the offline Kubeflow compile (checked in the compiled YAML, not trusted), the GPU rules, the
+image's Dockerfile and the ZenML stack recipes. Every zenml call runs in a subprocess on a throwaway store."""
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra.kubeflow.gpu import GpuRequestError, check_gpu_requests, gpu_request_problems, k8s_memory
+from infra.zenml import stacks
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+KUBEFLOW_CONFIG = ROOT / "configs" / "dmd2_kubeflow.yaml"
+PIPELINE_FILE = ROOT / "pipelines" / "dmd2_pipeline.py"
+DOCKERFILE = ROOT / "infra" / "docker" / "Dockerfile"
+INFRA_KEYS = {"settings", "environment", "steps", "secrets"}      # what may differ between local and kubeflow
+SECRET_NAME = re.compile(r"(^|_)(KEY|TOKEN|SECRET|PASSWORD)(S)?($|_)", re.I)     # WANDB_API_KEY, ..._TOKEN
+
+
+def isolated_env(tmp: Path) -> dict:
+    """The user's ZenML state out of reach: a temp store and repository, telemetry off, one thread."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_STORE_", "ZENML_SECRETS_STORE_"))}
+    (tmp / "repo").mkdir(parents=True, exist_ok=True)
+    env.update(ZENML_CONFIG_PATH=str(tmp / "config"), ZENML_REPOSITORY_PATH=str(tmp / "repo"),
+               ZENML_ANALYTICS_OPT_IN="false", DVC_NO_ANALYTICS="1", WANDB_MODE="offline",
+               GX_ANALYTICS_ENABLED="false", AUTO_OPEN_DASHBOARD="false", OMP_NUM_THREADS="1",
+               ZENML_LOGGING_COLORS_DISABLED="true")
+    return env
+
+
+def compile_cmd(config: Path, out: Path, *extra: str) -> list:
+    return [PYTHON, "-m", "infra.kubeflow.compile", "--config", str(config), "--out", str(out), *extra]
+
+
+def pipeline_flow() -> dict:
+    """step -> the steps whose outputs it takes, read from the pipeline's own wiring (pipelines/dmd2_pipeline.py):
+    a variable assigned from a step call carries that step; other assignments carry what they read."""
+    tree = ast.parse(PIPELINE_FILE.read_text())
+    step_of = {a.asname or a.name: a.name for node in tree.body if isinstance(node, ast.ImportFrom)
+               and (node.module or "").startswith("steps.") for a in node.names}
+    body = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "dmd2_pipeline").body
+    carries: dict = {}
+    flow: dict = {}
+    for stmt in body:
+        value = getattr(stmt, "value", None)
+        if not isinstance(stmt, (ast.Assign, ast.Expr)) or value is None:
+            continue
+        read = set().union(*[carries.get(n.id, set()) for n in ast.walk(value) if isinstance(n, ast.Name)])
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id in step_of:
+            step = step_of[value.func.id]
+            flow[step], read = read, {step}
+        for target in getattr(stmt, "targets", []):
+            for name in ast.walk(target):
+                if isinstance(name, ast.Name):
+                    carries[name.id] = read
+    return flow
+
+
+def gpu_steps_in_config(cfg: dict) -> set:
+    return {s for s, c in (cfg.get("steps") or {}).items()
+            if ((c.get("settings") or {}).get("resources") or {}).get("gpu_count", 0) > 0}
+
+
+def load_kfp(path: Path) -> dict:
+    """step name -> {deps, container, platform} from the compiled YAML (pipeline spec + Kubernetes platform spec)."""
+    docs = list(yaml.safe_load_all(path.read_text()))
+    spec = next(d for d in docs if "root" in d)
+    platform = next((d for d in docs if "platforms" in d), {"platforms": {}})
+    executors = ((platform["platforms"].get("kubernetes") or {}).get("deploymentSpec") or {}).get("executors") or {}
+    tasks = spec["root"]["dag"]["tasks"]
+    step = {key: t["taskInfo"]["name"] for key, t in tasks.items()}
+    out = {}
+    for key, t in tasks.items():
+        label = spec["components"][t["componentRef"]["name"]]["executorLabel"]
+        out[step[key]] = {"deps": {step[d] for d in t.get("dependentTasks", [])},
+                          "container": spec["deploymentSpec"]["executors"][label]["container"],
+                          "platform": executors.get(label, {})}
+    return out
+
+
+@pytest.fixture(scope="module")
+def compiles(tmp_path_factory, digits_npz):
+    """Three compiles side by side (each ~1 min, mostly zenml/torch imports): the kubeflow config as is but
+    with the built-in digits from a temp file; the same without distill_step's node selector; `--no-gpus`."""
+    tmp = tmp_path_factory.mktemp("kfp")
+    cfg = yaml.safe_load(KUBEFLOW_CONFIG.read_text())
+    cfg["parameters"] = {**cfg["parameters"], "data": {"path": digits_npz}}
+    good = tmp / "dmd2_kubeflow.yaml"
+    good.write_text(yaml.safe_dump(cfg))
+    bad_cfg = yaml.safe_load(good.read_text())
+    del bad_cfg["steps"]["distill_step"]["settings"]["orchestrator"]
+    no_selector = tmp / "no_selector.yaml"
+    no_selector.write_text(yaml.safe_dump(bad_cfg))
+    runs = {"good": (good, ()), "no_selector": (no_selector, ()), "no_gpus": (good, ("--no-gpus",))}
+    procs = {}
+    for name, (config, extra) in runs.items():
+        out = tmp / name / "out" / "dmd2_pipeline.yaml"
+        procs[name] = (out, subprocess.Popen(compile_cmd(config, out, *extra), cwd=ROOT, text=True,
+                                             env=isolated_env(tmp / name / "zenml"),
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    results = {}
+    for name, (out, proc) in procs.items():
+        stdout, stderr = proc.communicate(timeout=900)
+        results[name] = {"rc": proc.returncode, "stdout": stdout, "stderr": stderr, "out": out, "config": cfg}
+    yield results
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def compiled(compiles):
+    r = compiles["good"]
+    assert r["rc"] == 0, r["stderr"][-3000:]
+    return load_kfp(r["out"])
+
+
+def test_compile_writes_one_complete_file(compiles):
+    r = compiles["good"]
+    assert r["rc"] == 0, r["stderr"][-3000:]
+    assert sorted(p.name for p in r["out"].parent.iterdir()) == [r["out"].name]   # no temp file left
+    assert oct(r["out"].stat().st_mode & 0o777) != oct(0o600)
+    assert f"written to {r['out']}" in r["stdout"]
+
+
+def test_compiled_yaml_is_a_valid_kfp_pipeline(compiles):
+    """Both documents parse into KFP's own protobuf types (unknown fields are errors)."""
+    from google.protobuf import json_format
+    from kfp.kubernetes import kubernetes_executor_config_pb2
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    docs = list(yaml.safe_load_all(compiles["good"]["out"].read_text()))
+    assert len(docs) == 2
+    json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
+    json_format.ParseDict(docs[1], pipeline_spec_pb2.PlatformSpec())
+    for config in docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+        json_format.ParseDict(config, kubernetes_executor_config_pb2.KubernetesExecutorConfig())
+
+
+def test_one_task_per_pipeline_step(compiled):
+    flow = pipeline_flow()
+    assert {"distill_step", "teacher_pairs", "teacher_step", "evaluate_student"} <= set(flow)
+    assert set(compiled) == set(flow)
+
+
+def test_task_dependencies_follow_the_data_flow(compiled):
+    flow = pipeline_flow()
+    for step, upstream in flow.items():
+        assert compiled[step]["deps"] == upstream, step
+    assert {"teacher_pairs", "teacher_step", "build_dataset"} <= compiled["distill_step"]["deps"]
+    assert compiled["teacher_pairs"]["deps"] == {"teacher_step"}
+
+
+def test_gpu_and_node_selector_only_on_gpu_steps(compiled, compiles):
+    cfg = compiles["good"]["config"]
+    gpu_steps = gpu_steps_in_config(cfg)
+    assert gpu_steps == {"distill_step", "teacher_pairs"}
+    for step, task in compiled.items():
+        accelerator = task["container"].get("resources", {}).get("accelerator")
+        selector = task["platform"].get("nodeSelector", {}).get("labels", {})
+        if step in gpu_steps:
+            pod = cfg["steps"][step]["settings"]["orchestrator"]["pod_settings"]
+            assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "1", step
+            assert selector == pod["node_selectors"] and selector["accelerator"], step
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
+                task["platform"]["tolerations"], step
+        else:
+            assert accelerator is None, step
+            assert not task["platform"], step              # no node selector, no toleration
+
+
+def test_cpu_and_memory_limits_from_the_config(compiled, compiles):
+    cfg = compiles["good"]["config"]
+    default = cfg["settings"]["resources"]
+    for step, task in compiled.items():
+        res = {**default, **(((cfg.get("steps") or {}).get(step) or {}).get("settings", {}).get("resources") or {})}
+        limits = task["container"]["resources"]
+        assert limits["resourceCpuLimit"] == str(res["cpu_count"]), step
+        assert limits["resourceMemoryLimit"] == k8s_memory(res["memory"]), step
+
+
+def test_image_and_environment(compiled, compiles):
+    cfg = compiles["good"]["config"]
+    image = cfg["settings"]["docker"]["parent_image"]
+    for step, task in compiled.items():
+        container = task["container"]
+        assert container["image"] == image, step
+        assert container["args"][-2:] == ["--step_name", step]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert {k: str(v) for k, v in cfg["environment"].items()}.items() <= env.items(), step
+        assert not [k for k in env if k.startswith("ZENML_STORE")], step   # the throwaway store stays out
+        assert not [k for k in env if SECRET_NAME.search(k)], step
+
+
+def test_gpu_step_without_accelerator_selector_fails_cleanly(compiles):
+    r = compiles["no_selector"]
+    assert r["rc"] == 1
+    last = r["stderr"].strip().splitlines()[-1]
+    assert last.startswith("error: step 'distill_step' asks for gpu_count=1")
+    assert "node selector 'accelerator'" in last and "teacher_pairs" not in last
+    assert not r["out"].parent.exists() or not any(r["out"].parent.iterdir())
+
+
+def test_gpu_steps_on_an_orchestrator_without_gpus_fail_cleanly(compiles):
+    r = compiles["no_gpus"]
+    assert r["rc"] == 1
+    last = r["stderr"].strip().splitlines()[-1]
+    assert last.startswith("error: ") and "has_gpus: false" in last
+    assert "'distill_step'" in last and "'teacher_pairs'" in last
+    assert not r["out"].parent.exists() or not any(r["out"].parent.iterdir())
+
+
+def test_missing_config_file_is_named(tmp_path):
+    out = tmp_path / "out.yaml"
+    r = subprocess.run(compile_cmd(tmp_path / "nope.yaml", out), cwd=ROOT, env=isolated_env(tmp_path),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: config file '{tmp_path / 'nope.yaml'}' not found"
+    assert not out.exists()
+
+
+def test_config_without_an_image_is_refused(tmp_path):
+    cfg = yaml.safe_load(KUBEFLOW_CONFIG.read_text())
+    del cfg["settings"]["docker"]
+    config = tmp_path / "no_image.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run(compile_cmd(config, tmp_path / "out.yaml"), cwd=ROOT, env=isolated_env(tmp_path),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "settings.docker.parent_image is missing" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("local_name, kfp_name", [("dmd2_local.yaml", "dmd2_kubeflow.yaml"),
+                                                   ("dmd2_4step_local.yaml", "dmd2_4step_kubeflow.yaml")])
+def test_kubeflow_config_differs_from_local_only_in_infrastructure(local_name, kfp_name):
+    local = yaml.safe_load((ROOT / "configs" / local_name).read_text())
+    kfp = yaml.safe_load((ROOT / "configs" / kfp_name).read_text())
+    assert kfp["parameters"] == local["parameters"] and kfp["parameters"]["params_file"] == "params.yaml"
+    assert set(kfp) ^ set(local) <= INFRA_KEYS
+    reference = yaml.safe_load(KUBEFLOW_CONFIG.read_text())        # one set of infrastructure keys
+    assert {k: v for k, v in kfp.items() if k in INFRA_KEYS} == {k: v for k, v in reference.items() if k in INFRA_KEYS}
+    assert {k: v for k, v in kfp.items() if k not in INFRA_KEYS} == {k: v for k, v in local.items()
+                                                                      if k not in INFRA_KEYS}
+    flow = pipeline_flow()
+    for step, conf in kfp["steps"].items():
+        assert step in flow and set(conf) == {"settings"}, step
+    docker = kfp["settings"]["docker"]
+    assert docker["skip_build"] is True and docker["parent_image"]
+
+
+@pytest.mark.parametrize("image, registry", [("registry.example.com/fewstep:0.1.0", "registry.example.com"),
+                                             ("ghcr.io/acme/fewstep@sha256:ab", "ghcr.io/acme"),
+                                             ("localhost:5000/fewstep", "localhost:5000"),
+                                             ("fewstep:dev", "docker.io/library")])
+def test_registry_of_image(image, registry):
+    from infra.kubeflow.compile import registry_of
+
+    assert registry_of(image) == registry
+
+
+# --- GPU rules and quantities (pure) ---
+
+def test_gpu_request_rules():
+    sel = {"accelerator": "nvidia-tesla-a100"}
+    assert gpu_request_problems({"a": (1, sel), "b": (0, {}), "c": (None, {})}, has_gpus=True, orchestrator="o") == []
+    [msg] = gpu_request_problems({"a": (2, {"pool": "x"})}, has_gpus=True, orchestrator="o")
+    assert "step 'a' asks for gpu_count=2" in msg and "steps.a.settings.orchestrator.pod_settings" \
+        ".node_selectors.accelerator" in msg
+    [msg] = gpu_request_problems({"a": (1, sel)}, has_gpus=False, orchestrator="kfp")
+    assert "orchestrator 'kfp' has no GPUs" in msg
+    with pytest.raises(GpuRequestError, match="^step 'a'.*; step 'b'") as err:
+        check_gpu_requests({"a": (1, {}), "b": (1, {})}, has_gpus=True, orchestrator="o")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("zenml, k8s", [("16GB", "16G"), ("512MiB", "512Mi"), ("1TB", "1T"), ("64KiB", "64Ki")])
+def test_k8s_memory(zenml, k8s):
+    assert k8s_memory(zenml) == k8s
+
+
+def test_k8s_memory_rejects_nonsense():
+    with pytest.raises(ValueError, match="16 GB"):
+        k8s_memory("16 GB x")
+
+
+# --- the image ---
+
+def dockerfile_instructions():
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    return [(m.group(1).upper(), m.group(2).strip()) for m in re.finditer(r"^\s*([A-Za-z]+)\s+(.*)$", text, re.M)
+            if not m.group(0).lstrip().startswith("#")]
+
+
+def test_dockerfile_is_cuda_python311_nonroot_without_secrets():
+    ins = dockerfile_instructions()
+    froms = [arg for op, arg in ins if op == "FROM"]
+    assert len(froms) == 1 and re.match(r"nvidia/cuda:\d+\.\d+(\.\d+)?-(cudnn-)?runtime-ubuntu", froms[0])
+    runs = [i for i, (op, arg) in enumerate(ins) if op == "RUN"]
+    installs = [i for i in runs if "pip install" in ins[i][1]]
+    users = [(i, arg) for i, (op, arg) in enumerate(ins) if op == "USER"]
+    assert installs and users and users[-1][0] > max(installs)
+    assert users[-1][1].split(":")[0] not in ("root", "0")
+    assert any(op == "WORKDIR" and arg == "/app" for op, arg in ins)
+    assert any(op == "RUN" and "python3.11" in arg for op, arg in ins)
+    assert any(op == "RUN" and "pip install --no-deps ." in arg for op, arg in ins)
+    env_names = [tok.split("=")[0] for op, arg in ins if op == "ENV" for tok in arg.split() if "=" in tok]
+    assert "ZENML_ANALYTICS_OPT_IN" in env_names
+    assert not [n for n in env_names if SECRET_NAME.search(n)]
+    assert not [arg for op, arg in ins if op == "ARG" and SECRET_NAME.search(arg.split("=")[0])]
+
+
+def test_image_named_in_config_and_readme():
+    image = yaml.safe_load(KUBEFLOW_CONFIG.read_text())["settings"]["docker"]["parent_image"]
+    readme = (ROOT / "infra" / "docker" / "README.md").read_text()
+    assert image in readme and "docker build -f infra/docker/Dockerfile" in readme and "docker push" in readme
+    assert "torch==2.14.1" in (ROOT / "pyproject.toml").read_text()     # the image installs pyproject's pins
+
+
+# --- ZenML stacks ---
+
+def test_local_stack_registers_idempotently(tmp_path):
+    env = isolated_env(tmp_path)
+    for attempt in (1, 2):
+        r = subprocess.run([PYTHON, "-m", "infra.zenml.stacks", "local", "--set"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "stack 'fewstep_local' is registered and active" in r.stdout
+        verb = "register" if attempt == 1 else "update"
+        assert f"+ zenml stack {verb} fewstep_local -a fewstep_local_artifacts -o fewstep_local_orchestrator" \
+            in r.stdout
+    check = ("from zenml.client import Client; c = Client(); "
+             "print(len(c.list_stacks(name='fewstep_local').items), c.active_stack_model.name, "
+             "len(c.list_stack_components(name='fewstep_local_artifacts').items))")
+    r = subprocess.run([PYTHON, "-c", check], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-3:] == ["1", "fewstep_local", "1"]
+
+
+@pytest.fixture
+def stack_env(monkeypatch):
+    for key in [k for k in os.environ if k.startswith(("FEWSTEP_", "AWS_", "WANDB_API_KEY", "DRY_RUN"))]:
+        monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def test_kubeflow_stack_dry_run(stack_env, capsys):
+    for key, value in {"WANDB_API_KEY": "sk-not-a-real-key-123", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+                       "AWS_SECRET_ACCESS_KEY": "aws-secret-example", "FEWSTEP_S3_ENDPOINT": "http://minio:9000",
+                       "FEWSTEP_KUBE_CONTEXT": "gpu-cluster", "FEWSTEP_REGISTRY": "ghcr.io/acme"}.items():
+        stack_env.setenv(key, value)
+    assert stacks.main(["kubeflow", "--dry-run", "--set"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in out
+    for part in ("zenml orchestrator flavor register infra.kubeflow.flavor.FewstepKubeflowOrchestratorFlavor",
+                 "zenml orchestrator register fewstep_kfp -f fewstep_kubeflow --kubeflow_namespace=kubeflow "
+                 "--kubernetes_context=gpu-cluster",
+                 "zenml artifact-store register fewstep_artifacts -f s3 --path=s3://fewstep-artifacts "
+                 "'--client_kwargs={\"endpoint_url\": \"http://minio:9000\"}' --secret fewstep_s3",
+                 "zenml container-registry register fewstep_registry -f default --uri=ghcr.io/acme",
+                 "zenml image-builder register fewstep_image_builder -f local",
+                 "zenml experiment-tracker register fewstep_wandb -f wandb '--api_key={{wandb.api_key}}'",
+                 'zenml secret create wandb --api_key="$WANDB_API_KEY" --WANDB_API_KEY="$WANDB_API_KEY"',
+                 "zenml stack register fewstep_kubeflow -a fewstep_artifacts -c fewstep_registry "
+                 "-i fewstep_image_builder -o fewstep_kfp -e fewstep_wandb --secret wandb",
+                 "zenml stack update fewstep_kubeflow", "zenml stack set fewstep_kubeflow"):
+        assert part in out, part
+    for secret in ("sk-not-a-real-key-123", "AKIAEXAMPLE", "aws-secret-example"):
+        assert secret not in out
+
+
+def test_kubernetes_stack_dry_run_from_env(stack_env, capsys):
+    stack_env.setenv("DRY_RUN", "1")
+    stack_env.setenv("FEWSTEP_ARTIFACT_FLAVOR", "gcp")
+    assert stacks.main(["kubernetes"]) == 0
+    out = capsys.readouterr().out
+    assert "zenml orchestrator register fewstep_k8s -f kubernetes --kubernetes_namespace=fewstep" in out
+    assert "zenml artifact-store register fewstep_artifacts -f gcp --path=gs://fewstep-artifacts" in out
+    assert "zenml stack register fewstep_kubernetes" in out
+    assert "secret create" not in out and "fewstep_wandb" not in out      # no key: no tracker
+    assert "# note: WANDB_API_KEY is not set" in out
+
+
+def test_stack_bad_parameter_is_one_line(stack_env, capsys):
+    stack_env.setenv("FEWSTEP_ARTIFACT_FLAVOR", "azure")
+    assert stacks.main(["kubeflow", "--dry-run"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "FEWSTEP_ARTIFACT_FLAVOR 'azure'" in err
