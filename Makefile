@@ -44,7 +44,7 @@ repro: install data
 browser: install
 	VENV=$(VENV) scripts/browser.sh
 
-# Component, step, pipeline and browser tests (CPU, ~15 minutes). No tests collected (exit 5) is a failure.
+# Component, step, pipeline, infra and browser tests (CPU, ~17 minutes after the install). No tests collected (exit 5) is a failure.
 test: install browser
 	$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
