@@ -18,7 +18,7 @@ holding two files:
   but may not hold tensors.
 
 No pickle is ever written or read (no ``torch.save`` / ``torch.load``). `save_checkpoint` writes into
-``<directory>/.step-XXXXXXXX.tmp/`` and renames it into place with ``os.replace``, so a crash mid-write
+``<directory>/.step-XXXXXXXX.<random>.tmp/`` and renames it into place (components/atomic.py), so a crash mid-write
 never leaves a half-written ``step-*`` folder; it then prunes older checkpoints beyond the newest
 ``keep``. `latest_checkpoint` ignores tmp folders and ``step-*`` folders missing either file.
 
@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from components.atomic import atomic_dir
 from components.config import ConfigError
 
 FORMAT = "fewstep-checkpoint"
@@ -154,19 +155,6 @@ def _complete(path: Path) -> bool:
     return (path / STATE_JSON).is_file() and (path / STATE_TENSORS).is_file()
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(directory: str | os.PathLike, step: int, state: dict, meta: dict, keep: int = 2) -> Path:
     """Write ``directory/step-{step:08d}/`` (state.safetensors + state.json) atomically; keep the newest
     `keep` checkpoints (the one just written always stays). Returns the folder."""
@@ -187,23 +175,10 @@ def save_checkpoint(directory: str | os.PathLike, step: int, state: dict, meta: 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
-    final, tmp, old = directory / name, directory / f".{name}.tmp", directory / f".{name}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    final = directory / name
+    with atomic_dir(final, durable=True) as tmp:     # re-saving a step replaces the old folder whole
         save_file(enc.tensors, str(tmp / STATE_TENSORS), metadata={"format": FORMAT, "step": str(step)})
         (tmp / STATE_JSON).write_text(text)
-        for p in (tmp / STATE_TENSORS, tmp / STATE_JSON, tmp):
-            _fsync(p)
-        if final.exists():                           # re-saving a step: move the old one aside first
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    _fsync(directory)
 
     done = sorted((s, p) for p in directory.iterdir() if (s := _step_of(p)) is not None and _complete(p))
     for s, p in done[:-keep]:

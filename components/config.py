@@ -1,12 +1,16 @@
 """Typed configuration for every stage, with one-line errors that name the field.
 
-Each section is a pydantic model whose fields carry a short "why" comment. `parse_section`
-turns a plain dict (from YAML) into the model and converts pydantic's multi-line report into a
-single `ConfigError` line such as ``config field 'teacher.train_steps': expected an integer``.
+Each section is a pydantic model whose fields carry a short "why" comment; the defaults are the
+embedded default's values, the same as params.yaml (tests/components/test_config.py fails when
+they drift). `parse_section` turns a plain dict (from YAML) into the model and converts
+pydantic's multi-line report into a single `ConfigError` line such as
+``config field 'teacher.train_steps': expected an integer``.
+
+A leaf module: it imports no other project module. Checks across sections and against the
+filesystem (params.yaml, the data, the gate against the data) live in components/params.py.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal, Optional, Type, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -73,33 +77,59 @@ class FeatureNetConfig(Section):
     seed: int = 0
 
 
+class ExtractorConfig(Section):
+    """The evaluation keys that decide the FID features: the reference features' (and the checkpoint
+    FIDs') cache key, so other evaluation settings never re-run them."""
+
+    feature_net: Literal["dataset", "inception"] = "dataset"  # FID/KID features: the dataset feature net
+                                           # (offline) or clean-fid's InceptionV3 (needs its weights file)
+    inception_dir: Optional[str] = None    # folder holding inception-2015-12-05.pt (None: /tmp, clean-fid's)
+    inception_download: bool = False       # let clean-fid download the weights (needs the internet)
+
+
 class EvalConfig(Section):
     num_samples: int = Field(5000, ge=10)  # generated images per FID (balanced over classes)
     batch_size: int = Field(500, ge=1)
     seed: int = 0                          # sampling seed of the pipeline's evaluate step
     grid_per_class: int = Field(8, ge=1)   # columns of the sample grid picture
-    feature_net: Literal["dataset", "inception"] = "dataset"  # FID/KID features: the dataset feature net
-                                           # (offline) or clean-fid's InceptionV3 (needs its weights file)
-    inception_dir: Optional[str] = None    # folder holding inception-2015-12-05.pt (None: /tmp, clean-fid's)
-    inception_download: bool = False       # let clean-fid download the weights (needs the internet)
+    feature_net: Literal["dataset", "inception"] = "dataset"  # as ExtractorConfig (these three keys are its)
+    inception_dir: Optional[str] = None
+    inception_download: bool = False
     kid_subsets: int = Field(100, ge=1)    # KID: mean over this many random subsets
     latency_repeats: int = Field(20, ge=1)  # p50 per-image latency over this many batch-1 generations
     agreement_samples: int = Field(500, ge=1)  # student vs teacher on the same noise and labels
     teacher_nfe_steps: tuple[int, ...] = (2, 4, 8)  # extra teacher Heun step counts for the FID-vs-NFE curve
 
+    def extractor(self) -> ExtractorConfig:
+        """The keys of this section that change the FID features."""
+        return ExtractorConfig(**{k: getattr(self, k) for k in ExtractorConfig.model_fields})
 
-EXTRACTOR_KEYS = ("feature_net", "inception_dir", "inception_download")
 
+class DistillConfig(Section):
+    """Fields every method shares; a method's Config subclasses this."""
 
-def extractor_section(evaluation: dict) -> dict:
-    """The evaluation keys that decide the FID features (the reference features' cache key)."""
-    return {k: evaluation[k] for k in EXTRACTOR_KEYS if k in evaluation}
+    method: str = "dmd2"                   # registry name (components.methods.METHODS)
+    iterations: int = Field(900, ge=1)     # training iterations (every one a critic turn); digits: < 6 min on 2 CPU cores
+    batch_size: int = Field(64, ge=1)      # images per iteration
+    seed: int = 0                          # one seed -> one result (data order, noise, timesteps)
+    device: str = "auto"                   # 'auto' = CUDA when present, else CPU
+    log_every: int = Field(50, ge=1)       # history / progress-bar granularity (iterations)
+    fid_every: int = Field(300, ge=0)      # FID of the student at checkpoints every this many iterations (a
+                                           # multiple of log_every; 0: off) - in the history, W&B and plots
+    fid_samples: int = Field(1000, ge=10)  # samples per checkpoint FID (fewer than the final evaluation's)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a CUDA device with bf16, else fp32
+    max_bad_steps: int = Field(5, ge=1)    # NaN/inf guard: a bad step is skipped and logged; this many in a row stop
+    checkpoint_every: int = Field(300, ge=0)  # save everything needed to resume every this many iterations (0: off;
+                                           # a multiple of log_every); always also at the last iteration
+    checkpoint_dir: str = "checkpoints"    # runs live in <dir>/<method>-<run key>/step-XXXXXXXX/ (safetensors + JSON)
+    resume: str = "auto"                   # auto: continue this run's latest checkpoint (same config, teacher,
+                                           # code); never: start over; or a checkpoint folder to continue from
 
 
 class GateConfig(Section):
     fid_max: Optional[float] = Field(None, gt=0)          # absolute ceiling on the student's FID (eval split)
     fid_ratio_max: Optional[float] = Field(2.0, gt=0)     # student FID / teacher FID at most this
-    class_acc_min: Optional[float] = Field(None, ge=0, le=1)  # floor on the student's class accuracy
+    class_acc_min: Optional[float] = Field(0.9, ge=0, le=1)  # floor on the student's class accuracy (None: off)
     beat_production: bool = True            # FID no worse than the production model's on the same references
     promote_to: Literal["staging", "production"] = "staging"  # stage of the ZenML model version on a pass
 
@@ -152,80 +182,3 @@ def parse_section(model: Type[S], values: Any, prefix: str) -> S:
         loc = ".".join(str(p) for p in (prefix, *err.get("loc", ())) if str(p))
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ConfigError(f"config field '{loc}': {_describe(err)}{more}") from None
-
-
-def resolve_config(data: Any = None, teacher: Any = None, features: Any = None, distill: Any = None,
-                   evaluation: Any = None, gate: Any = None, export: Any = None,
-                   tracking: Any = None, pairs: Any = None) -> dict[str, dict]:
-    """Validate every section up front (before any step runs); -> sections with defaults filled."""
-    from components.data import check_data_config
-    from components.methods import parse_distill_config
-
-    out = {
-        "data": parse_section(DataConfig, data, "data"),
-        "teacher": parse_section(TeacherConfig, teacher, "teacher"),
-        "pairs": parse_section(PairsConfig, pairs, "pairs"),
-        "features": parse_section(FeatureNetConfig, features, "features"),
-        "distill": parse_distill_config(distill),
-        "evaluation": parse_section(EvalConfig, evaluation, "evaluation"),
-        "gate": parse_section(GateConfig, gate, "gate"),
-        "export": parse_section(ExportConfig, export, "export"),
-        "tracking": parse_section(TrackingConfig, tracking, "tracking"),
-    }
-    from components.gate import check_gate_config
-
-    check_gate_config(out["gate"])
-    if out["evaluation"].feature_net == "inception" and not out["evaluation"].inception_download:
-        from components.metrics.extractors import inception_weights
-
-        inception_weights(out["evaluation"].inception_dir, download=False)   # missing offline: stop now
-    check_data_config(out["data"])
-    if out["teacher"].path is not None:
-        if not Path(out["teacher"].path).is_dir():
-            raise ConfigError(f"teacher.path '{out['teacher'].path}': no such folder (expected a diffusers "
-                              "folder with unet/ and scheduler/)")
-    return {k: v.model_dump(mode="json") for k, v in out.items()}
-
-
-SECTIONS = ("data", "teacher", "pairs", "features", "distill", "evaluation", "gate", "export", "tracking")
-
-
-def merge(base: dict, override: Any) -> dict:
-    """Deep merge: keys of `override` replace those of `base`; nested mappings merge."""
-    out = dict(base)
-    for key, value in (override or {}).items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def load_params(params_file: Optional[str] = None, **overrides: Any) -> dict[str, dict]:
-    """The parameter file (params.yaml: one mapping per section, shared by ZenML and DVC), with
-    per-section `overrides` merged on top, validated -> sections with defaults filled."""
-    import yaml
-
-    base: dict = {}
-    if params_file:
-        path = Path(params_file)
-        if not path.is_file():
-            raise ConfigError(f"params file '{params_file}': no such file (expected a YAML mapping with "
-                              f"sections {', '.join(SECTIONS)})")
-        try:
-            base = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"params file '{params_file}': not valid YAML{where}") from None
-        if not isinstance(base, dict):
-            raise ConfigError(f"params file '{params_file}': expected a mapping of sections, got {type(base).__name__}")
-        unknown = sorted(set(base) - set(SECTIONS))
-        if unknown:
-            raise ConfigError(f"params file '{params_file}': unknown section {unknown[0]!r} "
-                              f"(valid: {', '.join(SECTIONS)})")
-    for name, value in overrides.items():
-        if name not in SECTIONS:
-            raise ConfigError(f"config: unknown section {name!r} (valid: {', '.join(SECTIONS)})")
-        if value is not None and not isinstance(value, dict):
-            raise ConfigError(f"config field '{name}': expected a mapping of keys, got {type(value).__name__}")
-        if value:
-            base[name] = merge(base.get(name) or {}, value)
-    return resolve_config(**{name: base.get(name) for name in SECTIONS})

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
+from components.atomic import atomic_dir
 from components.config import ConfigError
 from components.diffusion.denoiser import DENOISER_FILE, EDMDenoiser
 from components.onnx_export import export_onnx
@@ -122,9 +122,7 @@ def export_student(student: EDMDenoiser, target: str | os.PathLike, card: dict |
     sigmas = [float(s) for s in student.sampling["sigmas"]]
     timesteps = cm_timesteps(sigmas, student.sigma_min, sigmas[0]) if len(sigmas) > 2 else None
     target = check_export_target(target, overwrite)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(target) as tmp:
         scheduler = CMStochasticIterativeScheduler(num_train_timesteps=GRID if timesteps else 40,
                                                    sigma_min=student.sigma_min, sigma_max=sigmas[0],
                                                    sigma_data=student.sigma_data, rho=7.0,
@@ -135,9 +133,24 @@ def export_student(student: EDMDenoiser, target: str | os.PathLike, card: dict |
             export_onnx(student, tmp / "onnx" / "model.onnx")
         (tmp / "README.md").write_text(model_card({**(card or {}), "num_classes": student.num_classes,
                                                    "num_inference_steps": len(sigmas) - 1, "timesteps": timesteps}))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
     return target
+
+
+def card_fields(method: str, metrics: dict, class_names: list, data_path: str, data_md5: str, config: dict,
+                git_commit: str = "") -> dict:
+    """The model card's facts, the same for both engines (ZenML's export step and the DVC stage)."""
+    return {"method": method, "metrics": metrics, "teacher_nfe": metrics["teacher_nfe"], "class_names": class_names,
+            "data_path": data_path, "data_md5": data_md5, "git_commit": git_commit, "config": config,
+            "name": f"fewstep {method.upper()} student"}
+
+
+def export_if_passed(student: EDMDenoiser, target: str | os.PathLike, decision_passed: bool, reasons: list[str],
+                     card: dict, overwrite: bool = False) -> bool:
+    """The gated export: on a pass the stock-diffusers folder, on a rejection a folder holding only
+    REJECTED.md with the gate's reasons (so a rejected student is never deployable). -> exported?"""
+    if not decision_passed:
+        with atomic_dir(check_export_target(target, overwrite)) as tmp:
+            (tmp / "REJECTED.md").write_text("Not exported: " + "; ".join(reasons) + "\n")
+        return False
+    export_student(student, target, card, overwrite=overwrite)
+    return True

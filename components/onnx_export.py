@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from components.atomic import atomic_file
 from components.config import ConfigError
 from components.diffusion.denoiser import EDMDenoiser
 
@@ -50,15 +51,12 @@ def check_one_step(student) -> float:
 def export_onnx(student: EDMDenoiser, path: str | os.PathLike, opset: int = 18) -> Path:
     """Write the one-step generator to `path` (temp file, then rename: never half-written)."""
     sigma_max = check_one_step(student)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     # a float32 CPU copy in eval mode: the caller's student (maybe on a GPU, training) is untouched
     gen = OneStepGenerator(copy.deepcopy(student).float().cpu().eval(), sigma_max).eval()
     cfg, size = student.unet.config, student.unet.config.sample_size
     h, w = (size, size) if isinstance(size, int) else size
     example = (torch.randn(2, cfg.in_channels, h, w), torch.zeros(2, dtype=torch.long))
-    try:
+    with atomic_file(path) as tmp:
         # The torch.export-based ("dynamo") exporter, the default since torch 2.9, needs onnxscript.
         # Chosen over dynamo=False: the TorchScript exporter is deprecated ("will be removed") and
         # tracing silently bakes Python branches on tensor values into the graph, where
@@ -69,10 +67,7 @@ def export_onnx(student: EDMDenoiser, path: str | os.PathLike, opset: int = 18) 
             torch.onnx.export(gen, example, str(tmp), input_names=INPUTS, output_names=OUTPUTS,
                               dynamic_shapes={"noise": {0: "batch"}, "class_labels": {0: "batch"}},
                               opset_version=opset, dynamo=True, external_data=False, verbose=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def run_onnx(path: str | os.PathLike, noise, labels) -> np.ndarray:

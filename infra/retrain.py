@@ -12,7 +12,7 @@ dmd2_pipeline on the active stack - the Kubernetes orchestrator writes a CronJob
 Kubeflow orchestrator a KFP recurring run (6 fields, seconds first: converted here); orchestrators
 that cannot schedule are refused before anything is compiled.
 
-Errors are one line on stderr, exit 2. The decision logic is components/retrain.py (pure).
+Errors are one line on stderr, exit 2. The decision logic is infra/retrain_decision.py (pure).
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from components.retrain import ModelVersions, RetrainDecision, decide_retrain, short, teacher_identity
-from components.schedule import cron_for
+from infra.cron import cron_for
+from infra.retrain_decision import ModelVersions, RetrainDecision, decide_retrain, short, teacher_identity
 
 DEFAULT_CONFIG = "configs/dmd2_local.yaml"
 # How many cron fields an orchestrator's scheduler takes, by its class (subclasses included, e.g. the
@@ -44,7 +44,8 @@ def load_run_config(config_path: str) -> dict:
     """The pipeline's resolved sections for a ZenML run config file (as dmd2_pipeline resolves them)."""
     import yaml
 
-    from components.config import ConfigError, load_params
+    from components.config import ConfigError
+    from components.params import load_params
 
     path = Path(config_path)
     if not path.is_file():
@@ -60,7 +61,7 @@ def load_run_config(config_path: str) -> dict:
     params = dict(params)
     params_file = params.pop("params_file", None)
     try:
-        return load_params(params_file, **params)
+        return load_params(params_file, **params).as_dict()
     except ConfigError as exc:
         raise RetrainError(f"--config '{config_path}': {exc}") from None
 
@@ -179,7 +180,7 @@ def schedule(cron: str, config: str, name: Optional[str], dry_run: bool) -> int:
     if not schedulable:
         raise RetrainError(f"the active stack '{stack}' uses orchestrator '{orch}' (flavor '{flavor}'), which does "
                            "not support schedules; switch to a stack with the kubernetes or kubeflow orchestrator "
-                           "(zenml stack set <stack>) or use `python -m infra.schedule apply` for a CronJob")
+                           "(zenml stack set <stack>) or use `python -m infra.cronjob apply` for a CronJob")
     try:
         expr = cron_for(cron, fields)
     except ValueError as exc:

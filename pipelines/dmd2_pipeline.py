@@ -5,7 +5,7 @@ from typing import Any, Dict, Optional
 
 from zenml import Model, pipeline
 
-from components.config import extractor_section, load_params
+from components.params import load_params
 from components.data.versioning import run_lineage
 from steps.dataset import build_dataset
 from steps.distill import distill_step
@@ -36,25 +36,25 @@ def dmd2_pipeline(params_file: Optional[str] = None, data: Optional[Dict[str, An
     here are merged over it. Everything is validated before any step runs."""
     cfg = load_params(params_file, data=data, teacher=teacher, features=features, distill=distill,
                       evaluation=evaluation, gate=gate, export=export, tracking=tracking, pairs=pairs)
-    lineage = run_lineage(cfg, params_file)
+    lineage = run_lineage(cfg.as_dict(), params_file)
     record_lineage(lineage)
-    manifest = ingest_data(cfg["data"], lineage["data_md5"])
-    validation = validate_data(manifest, cfg["data"])
-    dataset = build_dataset(manifest, validation, cfg["data"])
-    feature_net = feature_net_step(dataset, cfg["features"])
-    references = reference_statistics(dataset, feature_net, extractor_section(cfg["evaluation"]))
-    teacher_model, _ = teacher_step(dataset, cfg["teacher"])
-    sampler = {k: cfg["teacher"][k] for k in ("sampler_steps", "rho", "sigma_min", "sigma_max")}
-    pairs_ = teacher_pairs(teacher_model, cfg["pairs"], sampler)
+    manifest = ingest_data(cfg.data, lineage["data_md5"])
+    validation = validate_data(manifest, cfg.data)
+    dataset = build_dataset(manifest, validation, cfg.data)
+    feature_net = feature_net_step(dataset, cfg.features)
+    references = reference_statistics(dataset, feature_net, cfg.evaluation.extractor())
+    teacher_model, _ = teacher_step(dataset, cfg.teacher)
+    sampler = {k: getattr(cfg.teacher, k) for k in ("sampler_steps", "rho", "sigma_min", "sigma_max")}
+    pairs_ = teacher_pairs(teacher_model, cfg.pairs, sampler)
     student, history, loss_curve = distill_step(teacher_model, dataset, pairs_, feature_net, references,
-                                                cfg["distill"], extractor_section(cfg["evaluation"]))
+                                                cfg.distill, cfg.evaluation.extractor())
     teacher_metrics, teacher_features, teacher_grid = evaluate_teacher(teacher_model, dataset, feature_net,
-                                                                       references, cfg["evaluation"])
+                                                                       references, cfg.evaluation)
     metrics, student_grid = evaluate_student(student, teacher_model, dataset, feature_net, references,
-                                             teacher_metrics, teacher_features, cfg["evaluation"])
-    decision = quality_gate(metrics, dataset, feature_net, references, cfg["evaluation"], cfg["gate"],
+                                             teacher_metrics, teacher_features, cfg.evaluation)
+    decision = quality_gate(metrics, dataset, feature_net, references, cfg.evaluation, cfg.gate,
                             lineage["built_at"])
-    export_model(student, decision, metrics, lineage, dataset, cfg["export"])
+    export_model(student, decision, metrics, lineage, dataset, cfg.export)
     report, fid_plot = report_step(metrics, teacher_metrics, decision, teacher_grid, student_grid, lineage)
     log_to_wandb(history, metrics, decision, teacher_grid, student_grid, fid_plot, loss_curve, report, lineage,
-                 cfg["tracking"])
+                 cfg.tracking)

@@ -1,16 +1,16 @@
 """Step: distill the teacher into a few-step student with the configured method (with the
 student's FID at checkpoints when distill.fid_every > 0)."""
 import time
-from typing import Annotated, Any, Dict, List, Tuple
+from typing import Annotated, Dict, List, Tuple
 
 from PIL import Image
 from zenml import step
 
-from components.config import EvalConfig, parse_section
+from components.config import ExtractorConfig
 from components.data import ImageDataset
 from components.diffusion import Denoiser
 from components.diffusion.pairs import TeacherPairs
-from components.methods import build_method, distill
+from components.methods import DistillSection, build_method, distill
 from components.metrics import FeatureNet, ReferenceFeatures
 from components.metrics.evaluate import checkpoint_fid
 from components.viz import loss_curve
@@ -21,11 +21,11 @@ from steps.names import DISTILL_HISTORY, DISTILL_LOSS_CURVE, STUDENT
 
 @step(output_materializers={STUDENT: DenoiserMaterializer})
 def distill_step(teacher: Denoiser, dataset: ImageDataset, pairs: TeacherPairs, feature_net: FeatureNet,
-                 references: ReferenceFeatures, distill_config: Dict[str, Any], extractor: Dict[str, Any]) -> Tuple[
+                 references: ReferenceFeatures, distill_config: DistillSection, extractor: ExtractorConfig) -> Tuple[
         Annotated[Denoiser, STUDENT], Annotated[List[Dict[str, float]], DISTILL_HISTORY],
         Annotated[Image.Image, DISTILL_LOSS_CURVE]]:
     method = build_method(teacher, distill_config, dataset, pairs)
-    callback = checkpoint_fid(method, feature_net, references, parse_section(EvalConfig, extractor, "evaluation"))
+    callback = checkpoint_fid(method, feature_net, references, extractor)
     t0 = time.perf_counter()
     history = distill(method, callback=callback)
     seconds = time.perf_counter() - t0

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Dict, Tuple
 from PIL import Image
 from zenml import step
 
-from components.config import EvalConfig, parse_section
+from components.config import EvalConfig
 from components.data import ImageDataset
 from components.diffusion import Denoiser
 from components.metrics import FeatureNet, FeatureSet, ReferenceFeatures
@@ -18,12 +18,11 @@ from steps.names import TEACHER_METRICS, TEACHER_SAMPLE_FEATURES, TEACHER_SAMPLE
 
 @step(output_materializers={TEACHER_SAMPLE_FEATURES: FeatureSetMaterializer})
 def evaluate_teacher(teacher: Denoiser, dataset: ImageDataset, feature_net: FeatureNet,
-                     references: ReferenceFeatures, evaluation: Dict[str, Any]) -> Tuple[
+                     references: ReferenceFeatures, evaluation: EvalConfig) -> Tuple[
         Annotated[Dict[str, Any], TEACHER_METRICS], Annotated[FeatureSet, TEACHER_SAMPLE_FEATURES],
         Annotated[Image.Image, TEACHER_SAMPLES]]:
-    cfg = parse_section(EvalConfig, evaluation, "evaluation")
-    metrics, feats, gen = evaluate_teacher_model(teacher, dataset, feature_net, references, cfg)
+    metrics, feats, gen = evaluate_teacher_model(teacher, dataset, feature_net, references, evaluation)
     log_step_metadata({"teacher_fid": metrics["fid"], "teacher_kid": metrics["kid"],
                        "teacher_class_acc": metrics["class_acc"], "teacher_nfe": metrics["nfe"],
                        "teacher_latency_p50_ms": 1000 * metrics["latency_p50"]})
-    return metrics, feats, sample_grid(gen.images, gen.labels, dataset.num_classes, cfg.grid_per_class)
+    return metrics, feats, sample_grid(gen.images, gen.labels, dataset.num_classes, evaluation.grid_per_class)

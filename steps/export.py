@@ -10,10 +10,10 @@ from typing import Annotated, Any, Dict
 
 from zenml import step
 
-from components.config import ExportConfig, parse_section
+from components.config import ExportConfig
 from components.data import ImageDataset
 from components.diffusion import Denoiser
-from components.export import check_export_target, export_student
+from components.export import card_fields, check_export_target, export_if_passed, export_student
 from steps.metadata import log_step_metadata
 from steps.names import EXPORTED_MODEL
 
@@ -22,25 +22,20 @@ logger = logging.getLogger(__name__)
 
 @step
 def export_model(student: Denoiser, decision: Dict[str, Any], metrics: Dict[str, Any], lineage: Dict[str, Any],
-                 dataset: ImageDataset, export: Dict[str, Any]) -> Annotated[Path, EXPORTED_MODEL]:
-    cfg = parse_section(ExportConfig, export, "export")
+                 dataset: ImageDataset, export: ExportConfig) -> Annotated[Path, EXPORTED_MODEL]:
     scratch = tempfile.mkdtemp(prefix="export-")
     atexit.register(shutil.rmtree, scratch, True)     # ZenML copies the returned folder after the step
     folder = Path(scratch) / "model"
-    if not decision["passed"]:
-        folder.mkdir()
-        (folder / "REJECTED.md").write_text("Not exported: " + "; ".join(decision["reasons"]) + "\n")
+    if decision["passed"] and export.path:
+        check_export_target(export.path, export.overwrite)       # refuse before writing anything
+    card = card_fields(lineage["config"]["distill"]["method"], metrics, dataset.class_names, lineage["data_path"],
+                       lineage["data_md5"], lineage["config"], lineage["git_commit"])
+    if not export_if_passed(student, folder, decision["passed"], decision["reasons"], card):
         logger.warning("export skipped: the quality gate rejected the student (%s)", "; ".join(decision["reasons"]))
         log_step_metadata({"exported": False})
         return folder
-    if cfg.path:
-        check_export_target(cfg.path, cfg.overwrite)       # refuse before writing anything
-    card = {"method": lineage["config"]["distill"]["method"], "metrics": metrics, "teacher_nfe": metrics["teacher_nfe"],
-            "class_names": dataset.class_names, "data_path": lineage["data_path"], "data_md5": lineage["data_md5"],
-            "git_commit": lineage["git_commit"], "config": lineage["config"], "name": "fewstep DMD2 student"}
-    export_student(student, folder, card)
-    if cfg.path:
-        export_student(student, cfg.path, card, overwrite=cfg.overwrite)
-        logger.info("exported to %s", cfg.path)
-    log_step_metadata({"exported": True, "export_path": cfg.path or ""})
+    if export.path:
+        export_student(student, export.path, card, overwrite=export.overwrite)
+        logger.info("exported to %s", export.path)
+    log_step_metadata({"exported": True, "export_path": export.path or ""})
     return folder

@@ -1,9 +1,9 @@
 """Step: train the dataset feature net used for FID and class accuracy (train split only)."""
-from typing import Annotated, Any, Dict
+from typing import Annotated
 
 from zenml import step
 
-from components.config import FeatureNetConfig, parse_section
+from components.config import FeatureNetConfig
 from components.data import ImageDataset
 from components.metrics import FeatureNet, train_feature_net
 from steps.metadata import log_step_metadata
@@ -12,7 +12,7 @@ from steps.names import FEATURE_NET
 
 
 @step(output_materializers=FeatureNetMaterializer)
-def feature_net_step(dataset: ImageDataset, features: Dict[str, Any]) -> Annotated[FeatureNet, FEATURE_NET]:
-    net, info = train_feature_net(parse_section(FeatureNetConfig, features, "features"), dataset)
+def feature_net_step(dataset: ImageDataset, features: FeatureNetConfig) -> Annotated[FeatureNet, FEATURE_NET]:
+    net, info = train_feature_net(features, dataset)
     log_step_metadata({"feature_net": net.name, **info})
     return net

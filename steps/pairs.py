@@ -7,7 +7,7 @@ from typing import Annotated, Any, Dict
 
 from zenml import step
 
-from components.config import PairsConfig, parse_section
+from components.config import PairsConfig
 from components.diffusion import Denoiser, state_hash
 from components.diffusion.pairs import TeacherPairs, generate_pairs, pairs_key
 from components.training import select_device
@@ -17,13 +17,12 @@ from steps.names import TEACHER_PAIRS
 
 
 @step(output_materializers=TeacherPairsMaterializer)
-def teacher_pairs(teacher: Denoiser, pairs: Dict[str, Any],
+def teacher_pairs(teacher: Denoiser, pairs: PairsConfig,
                   sampler: Dict[str, Any]) -> Annotated[TeacherPairs, TEACHER_PAIRS]:
     """`sampler`: the teacher config's sampler settings (part of the cache key; the teacher
     artifact carries the recipe itself)."""
-    cfg = parse_section(PairsConfig, pairs, "pairs")
     sha = state_hash(teacher)
-    work = Path(cfg.work_dir) / pairs_key(sha, teacher.sampling, cfg)[:16]
-    result = generate_pairs(teacher.to(select_device("auto")), cfg, work, teacher_sha256=sha)
+    work = Path(pairs.work_dir) / pairs_key(sha, teacher.sampling, pairs)[:16]
+    result = generate_pairs(teacher.to(select_device("auto")), pairs, work, teacher_sha256=sha)
     log_step_metadata({"num_pairs": len(result), "teacher_sha256": sha, "work_dir": str(work), **sampler})
     return result

@@ -1,10 +1,10 @@
 """Step: the real splits' features for FID/KID - once per dataset version and feature extractor
 (ZenML's cache: same dataset, feature net and extractor settings -> the stored artifact)."""
-from typing import Annotated, Any, Dict
+from typing import Annotated
 
 from zenml import step
 
-from components.config import EvalConfig, parse_section
+from components.config import ExtractorConfig
 from components.data import ImageDataset
 from components.metrics import FeatureNet, ReferenceFeatures
 from components.metrics.evaluate import extractor_for, reference_features
@@ -14,7 +14,6 @@ from steps.names import REFERENCE_FEATURES
 
 @step(output_materializers=ReferenceFeaturesMaterializer)
 def reference_statistics(dataset: ImageDataset, feature_net: FeatureNet,
-                         extractor: Dict[str, Any]) -> Annotated[ReferenceFeatures, REFERENCE_FEATURES]:
+                         extractor: ExtractorConfig) -> Annotated[ReferenceFeatures, REFERENCE_FEATURES]:
     """`extractor`: only the evaluation keys that change the features (feature_net, inception_dir)."""
-    cfg = parse_section(EvalConfig, extractor, "evaluation")
-    return reference_features(extractor_for(cfg, feature_net), dataset)
+    return reference_features(extractor_for(extractor, feature_net), dataset)

@@ -6,7 +6,7 @@ from PIL import Image
 from zenml import step
 from zenml.types import HTMLString
 
-from components.review import fid_points, run_report
+from components.run_report import fid_points, run_report
 from components.viz import fid_vs_nfe
 from steps.names import FID_VS_NFE_PLOT, RUN_REPORT
 

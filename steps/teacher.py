@@ -1,10 +1,10 @@
 """Step: train the class-conditional teacher, or load a user's diffusers teacher folder."""
-from typing import Annotated, Any, Dict, Tuple
+from typing import Annotated, Tuple
 
 from PIL import Image
 from zenml import step
 
-from components.config import TeacherConfig, parse_section
+from components.config import TeacherConfig
 from components.data import ImageDataset
 from components.diffusion import Denoiser, state_hash
 from components.teacher import get_teacher
@@ -16,13 +16,12 @@ from steps.names import TEACHER, TEACHER_LOSS_CURVE
 
 
 @step(output_materializers={TEACHER: DenoiserMaterializer})
-def teacher_step(dataset: ImageDataset, teacher: Dict[str, Any]) -> Tuple[
+def teacher_step(dataset: ImageDataset, teacher: TeacherConfig) -> Tuple[
         Annotated[Denoiser, TEACHER], Annotated[Image.Image, TEACHER_LOSS_CURVE]]:
-    cfg = parse_section(TeacherConfig, teacher, "teacher")
-    model, losses = get_teacher(cfg, dataset, select_device("auto"))
+    model, losses = get_teacher(teacher, dataset, select_device("auto"))
     history = windowed(losses or [])
     # a loaded teacher has no training curve: a blank picture keeps the artifact set the same
     curve = loss_curve(history, "teacher EDM loss (50-step mean)") if history else Image.new("RGB", (320, 40), "white")
-    log_step_metadata({"teacher_sha256": state_hash(model), "loaded_from": cfg.path or "trained",
+    log_step_metadata({"teacher_sha256": state_hash(model), "loaded_from": teacher.path or "trained",
                        "final_loss": history[-1]["loss"] if history else -1.0})
     return model, curve

@@ -3,12 +3,12 @@
 It does not raise, so the report is stored even when the suite fails; `build_dataset` then stops
 the run before any training."""
 import logging
-from typing import Annotated, Any, Dict
+from typing import Annotated
 
 import pandas as pd
 from zenml import step
 
-from components.config import DataConfig, parse_section
+from components.config import DataConfig
 from components.data import validate
 from components.data.validation import DataValidationReport
 from steps.materializers import DataValidationMaterializer
@@ -19,11 +19,10 @@ logger = logging.getLogger(__name__)
 
 
 @step(output_materializers={DATA_VALIDATION: DataValidationMaterializer})
-def validate_data(manifest: pd.DataFrame, data: Dict[str, Any]) -> Annotated[DataValidationReport, DATA_VALIDATION]:
-    cfg = parse_section(DataConfig, data, "data")
-    report = validate(cfg, manifest)
+def validate_data(manifest: pd.DataFrame, data: DataConfig) -> Annotated[DataValidationReport, DATA_VALIDATION]:
+    report = validate(data, manifest)
     log_step_metadata({"data_valid": report.success, "expectations": len(report.outcomes),
                        "failed_expectations": [o.rule for o in report.failures()]})
     if not report.success:
-        logger.error(report.error_message(cfg.path))
+        logger.error(report.error_message(data.path))
     return report

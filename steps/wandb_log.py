@@ -7,7 +7,7 @@ from PIL import Image
 from zenml import get_step_context, step
 from zenml.types import HTMLString
 
-from components.config import TrackingConfig, parse_section
+from components.config import TrackingConfig
 from components.tracking import log_run
 from steps.metadata import log_step_metadata
 
@@ -18,16 +18,15 @@ logger = logging.getLogger(__name__)
 def log_to_wandb(history: List[Dict[str, float]], metrics: Dict[str, Any], decision: Dict[str, Any],
                  teacher_samples: Image.Image, student_samples: Image.Image, fid_plot: Image.Image,
                  loss_curve: Image.Image, report: HTMLString, lineage: Dict[str, Any],
-                 tracking: Dict[str, Any]) -> str:
+                 tracking: TrackingConfig) -> str:
     """-> the local W&B run folder ('' when disabled)."""
-    cfg = parse_section(TrackingConfig, tracking, "tracking")
     try:
         run_name = get_step_context().pipeline_run.name
     except RuntimeError:                    # .entrypoint(): no ZenML run
         run_name = "fewstep"
     config = {**lineage["config"], "lineage": {k: v for k, v in lineage.items() if k != "config"},
               "gate": decision}
-    folder = log_run(cfg, run_name, lineage["config"]["distill"]["method"], config, history,
+    folder = log_run(tracking, run_name, lineage["config"]["distill"]["method"], config, history,
                      {**metrics, "gate_passed": int(decision["passed"])},
                      {"teacher": teacher_samples, "student": student_samples, "fid_vs_nfe": fid_plot,
                       "losses": loss_curve}, str(report))

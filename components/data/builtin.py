@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from components.atomic import atomic_file
+
 DEFAULT_PATH = Path("data/digits.npz")
 DIGIT_CLASSES = tuple(str(c) for c in range(10))
 _EPOCH = (1980, 1, 1, 0, 0, 0)              # the earliest time a zip entry can carry
@@ -35,17 +37,13 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     """A deterministic .npz (what np.load reads), written to a temp file then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+    with atomic_file(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         for name in sorted(arrays):
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]), allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH)
             info.external_attr = 0o644 << 16
             zf.writestr(info, buf.getvalue())
-    os.replace(tmp, path)
 
 
 def materialize_digits(path: str | os.PathLike = DEFAULT_PATH) -> Path:

@@ -6,10 +6,11 @@ split recorded here is the split every stage uses. Stored as CSV with fixed colu
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from components.atomic import atomic_file
 
 # column -> dtype; the order is the CSV's column order
 COLUMNS: dict[str, str] = {
@@ -52,10 +53,8 @@ def finish(rows: list[dict], is_eval: np.ndarray) -> pd.DataFrame:
 
 
 def save_manifest(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df[list(COLUMNS)].to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        df[list(COLUMNS)].to_csv(tmp, index=False)
 
 
 def load_manifest(path: str | os.PathLike) -> pd.DataFrame:
@@ -66,9 +65,3 @@ def load_manifest(path: str | os.PathLike) -> pd.DataFrame:
         if t == "bool":
             df[c] = df[c].map({True: True, False: False, "True": True, "False": False}).astype(bool)
     return df[list(COLUMNS)].astype(COLUMNS)
-
-
-def class_names_of(df: pd.DataFrame) -> list[str]:
-    """Classes in label order, as recorded (rows with label -1 are not a class)."""
-    known = df[df["label"] >= 0][["label", "class_name"]].drop_duplicates().sort_values("label")
-    return [str(c) for c in known["class_name"]]

@@ -2,11 +2,12 @@
 
 The manifest is a pandas DataFrame with the columns of `components.data.manifest.COLUMNS`
 (path, label, class_name, split, readable, height, width, channels, pixel stats, sha256, ...). `validate_manifest` builds one
-expectation per rule, runs them through GX on an ephemeral context and turns GX's per-expectation
-results into a `DataValidationReport` that names the offending manifest paths.
+expectation per rule with small `_..._check(s)` builders (each also says how to read its result
+back), runs them through GX on an ephemeral context and turns GX's per-expectation results into a
+`DataValidationReport` that names the offending manifest paths.
 
-GX is imported lazily (inside `validate_manifest`): importing it takes seconds, and a report read
-back with `DataValidationReport.from_dict` needs no GX. Never imports zenml or torch.
+GX is imported lazily (only once `validate_manifest` runs): importing it takes seconds, and a report
+read back with `DataValidationReport.from_dict` needs no GX. Never imports zenml or torch.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import logging
 import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -191,86 +193,190 @@ class _Check:
     offending: Any = None     # callable(gx_result) -> (count, offending, unit); None: rows from GX
 
 
+@dataclass
+class _Manifest:
+    """The manifest as the checks read it back: rows by position, their paths, the declared classes."""
+
+    df: pd.DataFrame          # index reset, so GX's unexpected_index_list are row positions
+    paths: pd.Series          # df["path"] as str (empty when the manifest has no path column)
+    class_names: list[str]
+    max_offending: int
+
+
 def validate_manifest(manifest: pd.DataFrame, class_names: list[str], min_per_class: int,
                       check_size: bool = True, check_channels: bool = True,
                       max_offending: int = 5) -> DataValidationReport:
     """Run the manifest suite through Great Expectations and report each expectation's outcome."""
     gx = _gx()
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-    from great_expectations.expectations.row_conditions import Column
+    m = _read_manifest(manifest, class_names, max_offending, check_size)
+    if len(m.df):
+        checks = _manifest_checks(gx.expectations, m, min_per_class, check_size, check_channels)
+    else:
+        checks = [_at_least_one_image_check(gx.expectations)]
+    results = _run_suite(gx, checks, m.df)
+    outcomes = [_outcome(check, results.get(i), m) for i, check in enumerate(checks)]
+    return DataValidationReport(success=all(o.success for o in outcomes), outcomes=outcomes,
+                                num_rows=int(len(m.df)), gx_version=str(gx.__version__))
 
-    E = gx.expectations
-    df = manifest.reset_index(drop=True)   # GX's unexpected_index_list are then row positions
+
+def _read_manifest(manifest: pd.DataFrame, class_names: list[str], max_offending: int,
+                   check_size: bool) -> _Manifest:
+    """The manifest with a fresh index and normalised arguments; raises if a needed column is missing."""
+    df = manifest.reset_index(drop=True)
     class_names = [str(c) for c in class_names]
     max_offending = max(int(max_offending), 0)
-
     if len(df):
         missing_cols = [c for c in _needed_columns(check_size) if c not in df.columns]
         if missing_cols:
             raise ValueError(f"manifest lacks column(s) {', '.join(missing_cols)}")
-
     paths = df["path"].astype(str) if "path" in df.columns else pd.Series([], dtype=str)
-    checks: list[_Check] = []
-    if not len(df):
-        checks.append(_Check("at least one image", E.ExpectTableRowCountToBeBetween(min_value=1), "",
-                             lambda r: (0, ["the manifest has 0 rows"], "row")))
-    else:
-        def row_level(mask: pd.Series):
-            bad = paths[mask.to_numpy()]
-            return len(bad), bad.iloc[:max_offending].tolist(), "row"
+    return _Manifest(df, paths, class_names, max_offending)
 
-        def one_value(column: str):
-            """Rows (readable ones) whose value differs from the most common value."""
-            def read(_res):
-                values = df.loc[df["channels"] != 0, column]
-                if values.empty:
-                    return 0, [], "row"
-                counts = values.value_counts()
-                mode = min(counts.index[counts == counts.max()])
-                return row_level((df["channels"] != 0) & (df[column] != mode))
-            return read
 
-        def class_present(_res):
-            present = set(df["class_name"].astype(str))
-            absent = [c for c in class_names if c not in present]
-            return len(absent), [f"class {c!r}: 0 images" for c in absent[:max_offending]], "class"
+def _manifest_checks(expect, m: _Manifest, min_per_class: int, check_size: bool,
+                     check_channels: bool) -> list[_Check]:
+    """Every check of a non-empty manifest, in report order (`expect` is gx.expectations)."""
+    checks = [_readable_check(expect)]
+    if check_size:
+        checks += [_one_value_check(expect, m, "one image size", col) for col in ("height", "width")]
+    if check_channels:
+        checks.append(_one_value_check(expect, m, "one channel count", "channels"))
+    return checks + [
+        _labels_declared_check(expect, m),
+        _classes_present_check(expect, m),
+        _min_per_class_check(expect, m, min_per_class),
+        _no_cross_split_duplicates_check(expect),
+        _no_nan_pixels_check(expect),
+        *_pixel_range_checks(expect),
+        _no_constant_images_check(expect),
+    ]
 
-        def class_counts(res):
-            idx = res.result.get("unexpected_index_list") or []
-            small = df.iloc[list(idx)]
-            per_class = small.groupby(small["class_name"].astype(str), sort=False)["class_count"].first()
-            order = {c: i for i, c in enumerate(class_names)}
-            names = sorted(per_class.index, key=lambda c: (order.get(c, len(order)), c))
-            return (len(names), [f"class {c!r}: {int(per_class[c])} images" for c in names[:max_offending]],
-                    "class")
 
-        readable_rows = Column("channels") != 0
-        checks.append(_Check("every image readable", E.ExpectColumnValuesToBeInSet(
-            column="readable", value_set=[True]), "readable"))
-        if check_size:
-            for col in ("height", "width"):
-                checks.append(_Check("one image size", E.ExpectColumnUniqueValueCountToBeBetween(
-                    column=col, min_value=0, max_value=1, row_condition=readable_rows), col, one_value(col)))
-        if check_channels:
-            checks.append(_Check("one channel count", E.ExpectColumnUniqueValueCountToBeBetween(
-                column="channels", min_value=0, max_value=1, row_condition=readable_rows), "channels",
-                one_value("channels")))
-        checks += [
-            _Check("labels within the declared classes", E.ExpectColumnValuesToBeInSet(
-                column="class_name", value_set=class_names), "class_name"),
-            _Check("every declared class present", E.ExpectColumnDistinctValuesToContainSet(
-                column="class_name", value_set=class_names), "class_name", class_present),
-            _Check(f"at least {min_per_class} images per class", E.ExpectColumnValuesToBeBetween(
-                column="class_count", min_value=min_per_class), "class_count", class_counts),
-            _Check("no exact duplicates across train/eval", E.ExpectColumnValuesToBeInSet(
-                column="dup_across_split", value_set=[False]), "dup_across_split"),
-            _Check("no NaN pixels", E.ExpectColumnValuesToBeInSet(column="has_nan", value_set=[False]),
-                   "has_nan"),
-            _Check("pixels within 0..255", E.ExpectColumnValuesToBeBetween(column="min", min_value=0), "min"),
-            _Check("pixels within 0..255", E.ExpectColumnValuesToBeBetween(column="max", max_value=255), "max"),
-            _Check("no constant images", E.ExpectColumnValuesToBeBetween(
-                column="std", min_value=0, strict_min=True), "std"),
-        ]
+def _at_least_one_image_check(expect) -> _Check:
+    """The only check of an empty manifest: it has at least one row."""
+    return _Check("at least one image", expect.ExpectTableRowCountToBeBetween(min_value=1), "",
+                  _no_rows)
+
+
+def _readable_check(expect) -> _Check:
+    """Every image could be read."""
+    return _Check("every image readable",
+                  expect.ExpectColumnValuesToBeInSet(column="readable", value_set=[True]), "readable")
+
+
+def _one_value_check(expect, m: _Manifest, rule: str, column: str) -> _Check:
+    """All readable images share one value of `column` (height, width or channels)."""
+    from great_expectations.expectations.row_conditions import Column
+
+    expectation = expect.ExpectColumnUniqueValueCountToBeBetween(
+        column=column, min_value=0, max_value=1, row_condition=Column("channels") != 0)
+    return _Check(rule, expectation, column, partial(_rows_off_the_common_value, m, column))
+
+
+def _labels_declared_check(expect, m: _Manifest) -> _Check:
+    """Every label is one of the declared classes."""
+    return _Check("labels within the declared classes",
+                  expect.ExpectColumnValuesToBeInSet(column="class_name", value_set=m.class_names),
+                  "class_name")
+
+
+def _classes_present_check(expect, m: _Manifest) -> _Check:
+    """Every declared class has at least one image."""
+    return _Check("every declared class present",
+                  expect.ExpectColumnDistinctValuesToContainSet(column="class_name", value_set=m.class_names),
+                  "class_name", partial(_absent_classes, m))
+
+
+def _min_per_class_check(expect, m: _Manifest, min_per_class: int) -> _Check:
+    """Every class has at least `min_per_class` images."""
+    return _Check(f"at least {min_per_class} images per class",
+                  expect.ExpectColumnValuesToBeBetween(column="class_count", min_value=min_per_class),
+                  "class_count", partial(_classes_below_minimum, m))
+
+
+def _no_cross_split_duplicates_check(expect) -> _Check:
+    """No image appears, byte for byte, in both train and eval."""
+    return _Check("no exact duplicates across train/eval",
+                  expect.ExpectColumnValuesToBeInSet(column="dup_across_split", value_set=[False]),
+                  "dup_across_split")
+
+
+def _no_nan_pixels_check(expect) -> _Check:
+    """No image has a NaN pixel."""
+    return _Check("no NaN pixels", expect.ExpectColumnValuesToBeInSet(column="has_nan", value_set=[False]),
+                  "has_nan")
+
+
+def _pixel_range_checks(expect) -> list[_Check]:
+    """Pixel minimum at least 0 and maximum at most 255 (two expectations, one rule)."""
+    rule = "pixels within 0..255"
+    return [
+        _Check(rule, expect.ExpectColumnValuesToBeBetween(column="min", min_value=0), "min"),
+        _Check(rule, expect.ExpectColumnValuesToBeBetween(column="max", max_value=255), "max"),
+    ]
+
+
+def _no_constant_images_check(expect) -> _Check:
+    """No image is one flat colour (pixel std strictly above 0)."""
+    return _Check("no constant images",
+                  expect.ExpectColumnValuesToBeBetween(column="std", min_value=0, strict_min=True), "std")
+
+
+def _no_rows(_res) -> tuple[int, list[str], str]:
+    """Offending entry of the empty-manifest check."""
+    return 0, ["the manifest has 0 rows"], "row"
+
+
+def _rows_where(m: _Manifest, mask: pd.Series) -> tuple[int, list[str], str]:
+    """Count and first paths of the rows selected by a boolean mask."""
+    bad = m.paths[mask.to_numpy()]
+    return len(bad), bad.iloc[:m.max_offending].tolist(), "row"
+
+
+def _rows_off_the_common_value(m: _Manifest, column: str, _res) -> tuple[int, list[str], str]:
+    """Readable rows whose `column` differs from its most common value (the smallest one on a tie)."""
+    df = m.df
+    values = df.loc[df["channels"] != 0, column]
+    if values.empty:
+        return 0, [], "row"
+    counts = values.value_counts()
+    mode = min(counts.index[counts == counts.max()])
+    return _rows_where(m, (df["channels"] != 0) & (df[column] != mode))
+
+
+def _absent_classes(m: _Manifest, _res) -> tuple[int, list[str], str]:
+    """Declared classes with no image."""
+    present = set(m.df["class_name"].astype(str))
+    absent = [c for c in m.class_names if c not in present]
+    return len(absent), [f"class {c!r}: 0 images" for c in absent[:m.max_offending]], "class"
+
+
+def _classes_below_minimum(m: _Manifest, res) -> tuple[int, list[str], str]:
+    """Classes of GX's unexpected rows with their image counts, in declared order."""
+    idx = res.result.get("unexpected_index_list") or []
+    small = m.df.iloc[list(idx)]
+    per_class = small.groupby(small["class_name"].astype(str), sort=False)["class_count"].first()
+    names = _in_declared_order(per_class.index, m.class_names)
+    return (len(names), [f"class {c!r}: {int(per_class[c])} images" for c in names[:m.max_offending]],
+            "class")
+
+
+def _in_declared_order(names, class_names: list[str]) -> list[str]:
+    """`names` in the order of `class_names`, undeclared ones last, alphabetically."""
+    rank = {c: i for i, c in enumerate(class_names)}
+    return [c for _, c in sorted((rank.get(c, len(rank)), c) for c in names)]
+
+
+def _unexpected_rows(m: _Manifest, res) -> tuple[int, list[str], str]:
+    """Count and first paths of the rows GX reported as unexpected."""
+    idx = res.result.get("unexpected_index_list") or []
+    count = int(res.result.get("unexpected_count", len(idx)))
+    return count, [str(m.paths.iloc[int(j)]) for j in idx[:m.max_offending]], "row"
+
+
+def _run_suite(gx, checks: list[_Check], df: pd.DataFrame) -> dict:
+    """Validate `df` with one GX suite of the checks' expectations; GX results keyed by check index."""
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     # The context must exist before the suite is filled: ExpectationSuite.add_expectation looks up
     # the current (global) GX project to see whether the suite has been saved.
@@ -287,28 +393,19 @@ def validate_manifest(manifest: pd.DataFrame, class_names: list[str], min_per_cl
                             .add_batch_definition_whole_dataframe("whole manifest"))
         batch = batch_definition.get_batch(batch_parameters={"dataframe": df})
         results = batch.validate(suite, result_format=_RESULT_FORMAT)
+    return {(r.expectation_config.meta or {}).get("fewstep_check"): r for r in results.results}
 
-    by_check = {(r.expectation_config.meta or {}).get("fewstep_check"): r for r in results.results}
-    outcomes = []
-    for i, check in enumerate(checks):
-        res = by_check.get(i)
-        error = "no result from Great Expectations" if res is None else _gx_error(res)
-        if error:
-            outcomes.append(ExpectationOutcome(check.rule, check.expectation.expectation_type, check.column,
-                                               False, 0, [_one_line(f"error: {error}")[:300]], "row"))
-            continue
-        if check.offending is not None:
-            count, offending, unit = check.offending(res)
-        else:
-            idx = res.result.get("unexpected_index_list") or []
-            count = int(res.result.get("unexpected_count", len(idx)))
-            offending, unit = [str(paths.iloc[int(j)]) for j in idx[:max_offending]], "row"
-        success = bool(res.success)
-        outcomes.append(ExpectationOutcome(check.rule, res.expectation_config.type, check.column, success,
-                                           int(count), [str(x) for x in offending], unit))
 
-    return DataValidationReport(success=all(o.success for o in outcomes), outcomes=outcomes,
-                                num_rows=int(len(df)), gx_version=str(gx.__version__))
+def _outcome(check: _Check, res, m: _Manifest) -> ExpectationOutcome:
+    """One check's GX result (None: missing) as an outcome naming manifest paths or classes."""
+    error = "no result from Great Expectations" if res is None else _gx_error(res)
+    if error:
+        return ExpectationOutcome(check.rule, check.expectation.expectation_type, check.column, False, 0,
+                                  [_one_line(f"error: {error}")[:300]], "row")
+    read_offending = check.offending or partial(_unexpected_rows, m)
+    count, offending, unit = read_offending(res)
+    return ExpectationOutcome(check.rule, res.expectation_config.type, check.column, bool(res.success),
+                              int(count), [str(x) for x in offending], unit)
 
 
 def _needed_columns(check_size: bool) -> list[str]:

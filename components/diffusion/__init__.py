@@ -2,7 +2,7 @@
 from components.diffusion.denoiser import (Denoiser, EDMDenoiser, VPDenoiser, load_denoiser,
                                            save_denoiser, state_hash)
 from components.diffusion.samplers import SAMPLERS, get_sampler, sample_fewstep, sample_heun
-from components.diffusion.schedule import edm_training_sigmas, karras_sigmas
+from components.diffusion.noise_schedule import edm_training_sigmas, karras_sigmas
 
 __all__ = ["Denoiser", "EDMDenoiser", "VPDenoiser", "load_denoiser", "save_denoiser", "state_hash",
            "SAMPLERS", "get_sampler", "sample_fewstep", "sample_heun", "edm_training_sigmas",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Optional
 
 import torch
 
+from components.atomic import atomic_file, write_text
 from components.config import ConfigError, PairsConfig
 
 FORMAT = 1
@@ -93,21 +93,14 @@ def _shard_ranges(num_pairs: int, shard_size: int) -> list[tuple[int, int]]:
     return [(s, min(num_pairs, s + shard_size)) for s in range(0, num_pairs, shard_size)]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_shard(path: Path, noise, labels, images, meta: dict) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"noise": noise.detach().to("cpu", torch.float32).contiguous(),
-               "labels": labels.detach().to("cpu", torch.int64).contiguous(),
-               "images": images.detach().to("cpu", torch.float32).contiguous()},
-              str(tmp), metadata={k: str(v) for k, v in meta.items()})
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file({"noise": noise.detach().to("cpu", torch.float32).contiguous(),
+                   "labels": labels.detach().to("cpu", torch.int64).contiguous(),
+                   "images": images.detach().to("cpu", torch.float32).contiguous()},
+                  str(tmp), metadata={k: str(v) for k, v in meta.items()})
 
 
 def _shard_meta(path: Path) -> Optional[dict]:
@@ -148,7 +141,7 @@ def _write_manifest(directory: Path, key: str, teacher_sha256: str, sampler: dic
     manifest = {"format": FORMAT, "key": key, "teacher_sha256": teacher_sha256,
                 "sampler": _canonical_sampler(sampler), "config": cfg, "num_pairs": ranges[-1][1] if ranges else 0,
                 "shards": [{"file": shard_name(i), "start": s, "rows": e - s} for i, (s, e) in enumerate(ranges)]}
-    _atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=1))
+    write_text(directory / MANIFEST, json.dumps(manifest, indent=1))
 
 
 def _image_shape(teacher) -> tuple[int, int, int]:

@@ -1,11 +1,25 @@
-"""Distillation methods behind one interface; METHODS maps a config name to its class."""
+"""Distillation methods behind one interface; METHODS maps a config name to its class.
+
+A new method is one file here: a `Method` subclass (components/methods/interface.py) with its own
+`Config` (a subclass of components.config.DistillConfig whose `method` is a Literal of its
+name), added to METHODS. The trainer (components/methods/trainer.py) runs every method alike."""
 from __future__ import annotations
 
-from components.config import ConfigError, parse_section
-from components.methods.base import DistillConfig, DivergenceError, Method, distill
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from components.config import ConfigError, DistillConfig, parse_section
 from components.methods.dmd2 import DMD2, DMD2Config
+from components.methods.interface import Method
+from components.methods.trainer import DivergenceError, distill
 
 METHODS: dict[str, type[Method]] = {"dmd2": DMD2}
+
+# The type of the distill section as a step parameter: the configured method's Config, told apart by
+# `method` (ZenML validates a step's parameters against its annotation).
+_CONFIGS = tuple(cls.Config for cls in METHODS.values())
+DistillSection = _CONFIGS[0] if len(_CONFIGS) == 1 else Annotated[Union[_CONFIGS], Field(discriminator="method")]
 
 
 def method_class(name) -> type[Method]:
@@ -15,8 +29,10 @@ def method_class(name) -> type[Method]:
     return METHODS[name]
 
 
-def parse_distill_config(values: dict | None) -> DistillConfig:
+def parse_distill_config(values: dict | DistillConfig | None) -> DistillConfig:
     """Validate the 'distill' section with the Config of the method it names."""
+    if isinstance(values, DistillConfig):
+        values = values.model_dump()
     values = dict(values or {})
     cls = method_class(values.get("method", "dmd2"))
     cfg = parse_section(cls.Config, values, "distill")
@@ -29,11 +45,12 @@ def parse_distill_config(values: dict | None) -> DistillConfig:
     return cfg
 
 
-def build_method(teacher, values: dict | DistillConfig | None, data, pairs=None) -> Method:
-    """The configured method on (teacher, data); `pairs` = TeacherPairs for regression / warm start."""
-    cfg = values if isinstance(values, DistillConfig) else parse_distill_config(values)
+def build_method(teacher, cfg: DistillConfig | dict, data, pairs=None) -> Method:
+    """The configured method on (teacher, data); `pairs` = TeacherPairs for regression / warm start.
+    A plain dict (tests, benchmarks) is validated first; a section from load_params is used as is."""
+    cfg = cfg if isinstance(cfg, DistillConfig) else parse_distill_config(cfg)
     return method_class(cfg.method)(teacher, cfg, data, pairs)
 
 
-__all__ = ["METHODS", "DMD2", "DMD2Config", "DistillConfig", "DivergenceError", "Method", "build_method", "distill",
-           "method_class", "parse_distill_config"]
+__all__ = ["METHODS", "DMD2", "DMD2Config", "DistillConfig", "DistillSection", "DivergenceError", "Method",
+           "build_method", "distill", "method_class", "parse_distill_config"]

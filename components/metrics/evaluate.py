@@ -11,10 +11,10 @@ import time
 import numpy as np
 import torch
 
-from components.config import EvalConfig
+from components.config import EvalConfig, ExtractorConfig
 from components.data import ImageDataset
 from components.diffusion.generate import Generated, balanced_labels, generate, sample_batch
-from components.diffusion.schedule import karras_sigmas
+from components.diffusion.noise_schedule import karras_sigmas
 from components.metrics.extractors import build_extractor, extract
 from components.metrics.features import FeatureNet
 from components.metrics.fid import FeatureSet, ReferenceFeatures, fid, kid
@@ -22,7 +22,7 @@ from components.metrics.fid import FeatureSet, ReferenceFeatures, fid, kid
 References = ReferenceFeatures
 
 
-def extractor_for(cfg: EvalConfig, feature_net: FeatureNet):
+def extractor_for(cfg: ExtractorConfig | EvalConfig, feature_net: FeatureNet):
     return build_extractor(cfg.feature_net, feature_net, cfg.inception_dir, cfg.inception_download)
 
 
@@ -136,7 +136,7 @@ def evaluate_student_model(student, teacher, data: ImageDataset, feature_net: Fe
                            teacher_metrics: dict, teacher_features: FeatureSet, cfg: EvalConfig,
                            progress: bool = True) -> tuple[dict, Generated]:
     """The student's figures beside the teacher's -> (summary of the run, the student's samples)."""
-    from components.metrics.report import summary
+    from components.metrics.summary import summary
 
     extractor = extractor_for(cfg, feature_net)
     student_m, feats, gen = evaluate_generator(student, "student", extractor, feature_net, data, refs, cfg, progress)
@@ -148,16 +148,17 @@ def evaluate_student_model(student, teacher, data: ImageDataset, feature_net: Fe
     return {**summary(teacher_metrics, student_m, gap), **extra}, gen
 
 
-def checkpoint_fid(method, feature_net: FeatureNet, refs: References, cfg: EvalConfig, seed: int = 0):
+def checkpoint_fid(method, feature_net: FeatureNet, refs: References, extractor_cfg: ExtractorConfig,
+                   seed: int = 0, batch_size: int = 500):
     """distill() callback: every method.cfg.fid_every iterations (and at the end) add the current
     student's FID on method.cfg.fid_samples samples to the history row as 'fid'."""
-    extractor = extractor_for(cfg, feature_net)
+    extractor = extractor_for(extractor_cfg, feature_net)
     every, n = method.cfg.fid_every, method.cfg.fid_samples
     num_classes = method.data.num_classes
 
     def callback(iteration: int, row: dict) -> None:
         if every and (iteration % every == 0 or iteration == method.cfg.iterations):
-            gen = generate(method.student(), balanced_labels(n, num_classes), seed, cfg.batch_size)
+            gen = generate(method.student(), balanced_labels(n, num_classes), seed, batch_size)
             row["fid"] = score_samples(gen, "checkpoint", extractor, feature_net, refs, kid_subsets=1)[0]["fid"]
 
     return callback

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Type, cast
 
@@ -43,6 +41,7 @@ from zenml.logger import get_logger
 from zenml.stack import StackValidator
 from zenml.utils.pydantic_utils import before_validator_handler
 
+from components.atomic import write_bytes
 from infra.kubeflow.gpu import ACCELERATOR_KEY, GPU_RESOURCE, check_gpu_requests, k8s_memory
 
 if TYPE_CHECKING:
@@ -236,18 +235,8 @@ class FewstepKubeflowOrchestrator(zenml_kfp.KubeflowOrchestrator):
             return super()._upload_and_run_pipeline(snapshot=snapshot, pipeline_file_path=pipeline_file_path,
                                                     run_name=run_name)
         out = Path(self.config.output_path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as dst, fileio.open(pipeline_file_path, "rb") as src:
-                dst.write(src.read())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes it 0600; an ordinary file is wanted
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with fileio.open(pipeline_file_path, "rb") as src:
+            write_bytes(out, src.read())
         logger.info("Kubeflow pipeline '%s' compiled to %s (offline: nothing uploaded).", run_name, out)
         return None
 

@@ -1,17 +1,51 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from components.config import ConfigError, DataConfig, TeacherConfig, load_params, parse_section, resolve_config
+from components.config import ConfigError, DataConfig, TeacherConfig, parse_section
+from components.methods import METHODS, DMD2Config
+from components.params import _MODELS, RunConfig, load_params, resolve_config
+
+ROOT = Path(__file__).resolve().parents[2]
+# params.yaml keys that are a property of the embedded dataset, not a default for every dataset
+DATASET_SPECIFIC = {("data", "classes")}
 
 
 def test_defaults_are_filled_and_resolved(digits_npz):
     cfg = resolve_config(data={"path": digits_npz})
-    assert cfg["data"]["format"] == "auto" and cfg["data"]["min_per_class"] == 10
-    assert cfg["distill"]["method"] == "dmd2"
-    assert cfg["distill"]["dfake_gen_update_ratio"] == 5
-    assert cfg["teacher"]["sampler_steps"] == 18
+    assert isinstance(cfg, RunConfig) and isinstance(cfg.distill, DMD2Config)
+    assert cfg.data.format == "auto" and cfg.data.min_per_class == 10
+    assert cfg.distill.method == "dmd2" and cfg.distill.dfake_gen_update_ratio == 5
+    assert cfg.teacher.sampler_steps == 18
+    assert cfg.as_dict()["distill"]["denoising_timesteps"] == [999]          # JSON-able for lineage / W&B
+
+
+def test_params_yaml_and_the_typed_defaults_agree():
+    """One set of defaults: DMD2Config() in Python is the method `make run` runs. Fails on drift."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    drift = []
+    for section, values in params.items():
+        model = _MODELS.get(section) or METHODS[values["method"]].Config
+        assert set(values) <= set(model.model_fields), (section, set(values) - set(model.model_fields))
+        for key, value in values.items():
+            default = model.model_fields[key].default
+            default = list(default) if isinstance(default, tuple) else default
+            if default != value and (section, key) not in DATASET_SPECIFIC:
+                drift.append(f"{section}.{key}: params.yaml {value!r} vs default {default!r}")
+    assert not drift, drift
+    assert parse_section(DMD2Config, params["distill"], "distill") == DMD2Config()
+
+
+def test_config_module_is_a_leaf():
+    """components.config imports no other project module (no import loop through it)."""
+    code = ("import sys, components.config as c; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in {'components', 'steps', 'pipelines', 'infra'}"
+            " and m not in {'components', 'components.config'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_wrong_type_names_the_field():
@@ -60,8 +94,8 @@ def test_params_file_with_overrides(tmp_path, digits_npz):
     p = tmp_path / "params.yaml"
     p.write_text(f"data: {{path: '{digits_npz}'}}\nteacher: {{train_steps: 7, lr: 0.01}}\n")
     cfg = load_params(str(p), teacher={"train_steps": 9})
-    assert cfg["teacher"]["train_steps"] == 9 and cfg["teacher"]["lr"] == 0.01   # merged, not replaced
-    assert cfg["data"]["path"] == digits_npz
+    assert cfg.teacher.train_steps == 9 and cfg.teacher.lr == 0.01   # merged, not replaced
+    assert cfg.data.path == digits_npz
 
 
 def test_bad_params_files(tmp_path, digits_npz):
@@ -77,7 +111,7 @@ def test_bad_params_files(tmp_path, digits_npz):
 
 
 def test_repo_params_yaml_is_valid_and_points_under_data():
-    params = Path(__file__).resolve().parents[2] / "params.yaml"
+    params = ROOT / "params.yaml"
     cfg = parse_section(DataConfig, yaml.safe_load(params.read_text())["data"], "data")
     assert cfg.path.startswith("data/")
 
@@ -85,3 +119,13 @@ def test_repo_params_yaml_is_valid_and_points_under_data():
 def test_out_of_range_value():
     with pytest.raises(ConfigError, match=r"data\.eval_fraction"):
         parse_section(DataConfig, {"eval_fraction": 1.5}, "data")
+
+
+def test_no_import_cycle_in_the_library():
+    """scripts/import_graph.py (top-level and lazy imports alike) finds no cycle in components/."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from import_graph import cycles
+    finally:
+        sys.path.pop(0)
+    assert cycles(["components"]) == []

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from components.config import ConfigError, FeatureNetConfig, load_params
+from components.config import ConfigError, FeatureNetConfig
+from components.params import load_params
 from components.metrics import kid, train_feature_net
 from components.metrics.evaluate import fid_between_folders
 from components.metrics.extractors import INCEPTION_FILE, DatasetFeatures, extract, inception_weights, to_uint8_rgb

@@ -3,7 +3,8 @@ import copy
 import pytest
 import torch
 
-from components.config import ConfigError, EvalConfig, FeatureNetConfig, GateConfig, resolve_config
+from components.config import ConfigError, EvalConfig, FeatureNetConfig, GateConfig
+from components.params import resolve_config
 from components.gate import decide
 from components.metrics import train_feature_net
 from components.metrics.evaluate import evaluate_student_model, evaluate_teacher_model, reference_features
@@ -36,7 +37,8 @@ def test_each_rule_rejects_on_its_own(cfg, metrics, production, rule):
 
 def test_inconsistent_thresholds_are_errors(digits_npz):
     with pytest.raises(ConfigError, match=r"'gate': every rule is off"):
-        resolve_config(data={"path": digits_npz}, gate={"fid_ratio_max": None, "beat_production": False})
+        resolve_config(data={"path": digits_npz}, gate={"fid_ratio_max": None, "beat_production": False,
+                                                        "class_acc_min": None})
     with pytest.raises(ConfigError, match=r"gate\.promote_to"):
         resolve_config(data={"path": digits_npz}, gate={"fid_ratio_max": None, "beat_production": False,
                                                         "class_acc_min": 0.5, "promote_to": "production"})

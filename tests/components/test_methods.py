@@ -9,7 +9,9 @@ from components.methods import METHODS, build_method, distill
 from components.methods.dmd2 import (critic_gan_loss, distribution_matching_loss, generator_gan_loss,
                                      regression_loss)
 
-TINY = dict(iterations=8, batch_size=16, seed=0, log_every=4)
+# the defaults these tests were written against (params.yaml's are tuned for 900 iterations), no checkpoints
+BASE = dict(checkpoint_every=0, fid_every=0, lr_gen=2e-4, lr_fake=2e-4, w_gen=3e-3, w_D=1e-2, gan_max_step_percent=1.0)
+TINY = dict(iterations=8, batch_size=16, seed=0, log_every=4, **BASE)
 
 
 def _params(module):
@@ -85,7 +87,7 @@ def test_two_time_scale_update_rule(tiny_teacher, digits):
 
 def test_fake_score_loss_decreases(tiny_teacher, digits):
     """Toy: with G nearly frozen (huge ratio), mu_fake's denoising loss falls as it fits G's samples."""
-    m = build_method(tiny_teacher, {"method": "dmd2", "iterations": 60, "batch_size": 32, "seed": 0,
+    m = build_method(tiny_teacher, {"method": "dmd2", **BASE, "iterations": 60, "batch_size": 32, "seed": 0,
                                     "log_every": 20, "dfake_gen_update_ratio": 1000, "lr_fake": 1e-3}, digits)
     h = distill(m, progress=False)
     assert h[-1]["loss_fake"] < h[0]["loss_fake"]
@@ -213,7 +215,7 @@ def test_ode_warm_start_regresses_the_generator_onto_the_pairs(tiny_teacher, dig
             x0 = G(tiny_pairs.noise * tiny_teacher.sigma_max, tiny_teacher.sigma_max, tiny_pairs.labels)
         return float(regression_loss(x0, tiny_pairs.images).mean())
 
-    m = build_method(tiny_teacher, {"method": "dmd2", "iterations": 31, "batch_size": 32, "log_every": 1,
+    m = build_method(tiny_teacher, {"method": "dmd2", **BASE, "iterations": 31, "batch_size": 32, "log_every": 1,
                                     "warm_start_iterations": 30, "lr_gen": 1e-3, "ema_decay": 0.0}, digits, tiny_pairs)
     start = distance(m.G)
     history = distill(m, progress=False)

@@ -80,7 +80,7 @@ def test_resume_of_another_config_is_refused_naming_the_keys(tiny_teacher, digit
     with pytest.raises(ConfigError) as err:
         distill(build_method(tiny_teacher, other, digits), progress=False)
     msg = str(err.value)
-    assert "distill.lr_gen (checkpoint 0.0002, run 0.001)" in msg and "distill.seed" in msg and "\n" not in msg
+    assert "distill.lr_gen (checkpoint 0.0005, run 0.001)" in msg and "distill.seed" in msg and "\n" not in msg
     # auto never picks up another config's checkpoints: a new run folder, started from scratch
     m = build_method(tiny_teacher, {**other, "resume": "auto"}, digits)
     distill(m, progress=False)

@@ -208,7 +208,7 @@ def test_cronjob_settings():
     (container,) = pod["containers"]
     assert container["command"] == ["python", "-m", "infra.retrain"]
     assert container["image"] == "registry.example.com/fewstep:0.1.0"
-    from components.schedule import validate_cron
+    from infra.cron import validate_cron
 
     validate_cron(spec["schedule"], 5)
 

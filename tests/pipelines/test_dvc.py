@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import merge
+from components.params import merge
 from components.data.builtin import materialize_digits
 from tests.conftest import write_image_folder
 from tests.pipelines.conftest import ROOT, run_zenml

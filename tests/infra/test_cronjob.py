@@ -1,7 +1,7 @@
-"""infra/schedule.py (the retrain CronJob: render, patch, server-side apply) and infra/retrain.py
+"""infra/cronjob.py (the retrain CronJob: render, patch, server-side apply) and infra/retrain.py
 (the retrain decision CLI and ZenML schedules).
 
-The cluster is a fake DynamicClient (infra.schedule.make_client is replaced); ZenML runs in a
+The cluster is a fake DynamicClient (infra.cronjob.make_client is replaced); ZenML runs in a
 throwaway store (ZENML_CONFIG_PATH / ZENML_REPOSITORY_PATH in a temp folder), never the user's."""
 import os
 import subprocess
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import schedule as sched
-from infra.schedule import FIELD_MANAGER, Options, main, render
+from infra import cronjob as sched
+from infra.cronjob import FIELD_MANAGER, Options, main, render
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,10 +85,10 @@ def test_rendered_objects_validate_strict():
 
 
 def test_dry_run_needs_no_cluster(tmp_path):
-    """python -m infra.schedule ... --dry-run with no kubeconfig at all."""
+    """python -m infra.cronjob ... --dry-run with no kubeconfig at all."""
     env = dict(os.environ, KUBECONFIG=str(tmp_path / "missing"), HOME=str(tmp_path))
     env.pop("KUBERNETES_SERVICE_HOST", None)
-    out = subprocess.run([sys.executable, "-m", "infra.schedule", "apply", "--dry-run", "--cron", "0 3 * * 1"],
+    out = subprocess.run([sys.executable, "-m", "infra.cronjob", "apply", "--dry-run", "--cron", "0 3 * * 1"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert len([d for d in yaml.safe_load_all(out.stdout) if d]) == 5
@@ -158,7 +158,7 @@ class FakeResource:
 
 
 class FakeCluster:
-    """What infra.schedule uses of kubernetes.dynamic.DynamicClient: resources.get(...).get /
+    """What infra.cronjob uses of kubernetes.dynamic.DynamicClient: resources.get(...).get /
     server_side_apply / delete."""
 
     def __init__(self, secrets=None):
@@ -316,8 +316,8 @@ def test_schedule_refused_on_local_stack(zenml_tmp_env, run_config):
 
 def test_retrain_up_to_date_and_runs_when_changed(monkeypatch, capsys, run_config):
     """The CLI's branches with ZenML replaced: up to date -> exit 0, nothing run; changed -> the pipeline runs."""
-    from components.retrain import ModelVersions
     from infra import retrain
+    from infra.retrain_decision import ModelVersions
 
     cfg = retrain.load_run_config(str(run_config))
     current = retrain.current_versions(cfg)

@@ -1,13 +1,13 @@
 """The weekly retrain CronJob on a cluster: render infra/k8s/base, patch it, server-side apply it.
 
-    python -m infra.schedule apply|delete|show [--cron "0 3 * * 1"] [--namespace fewstep]
+    python -m infra.cronjob apply|delete|show [--cron "0 3 * * 1"] [--namespace fewstep]
         [--image registry.example.com/fewstep:0.1.0] [--wandb-secret wandb] [--storage-secret artifact-store]
         [--zenml-secret zenml-server] [--gpus 1] [--config configs/dmd2_local.yaml]
         [--force-conflicts] [--context NAME] [--dry-run]
 
 The base is rendered in Python as `kubectl kustomize` would for what it uses (the resources list,
 `namespace`, `images`), then patched: the CronJob's schedule (5 fields, validated by
-components/schedule.py; a 6-field one with seconds 0 is converted), the namespace of every object
+infra/cron.py; a 6-field one with seconds 0 is converted), the namespace of every object
 (and of the RoleBinding's ServiceAccount subject), the container image, the names of the Secrets
 the pod reads, the GPU count (0 removes the GPU limit, toleration and node selector) and the
 retrain config. `apply` first checks that each Secret exists in the namespace with the keys the pod
@@ -29,7 +29,7 @@ from typing import Any, Iterator, Optional
 
 import yaml
 
-from components.schedule import cron_for
+from infra.cron import cron_for
 
 BASE = Path(__file__).resolve().parent / "k8s" / "base"
 FIELD_MANAGER = "fewstep"
@@ -387,7 +387,7 @@ def show(client: Any, objs: list[dict]) -> None:
 # CLI
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m infra.schedule", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m infra.cronjob", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("apply", "delete", "show"))
     parser.add_argument("--cron", default=None, help='5 fields, e.g. "0 3 * * 1" (default: the base\'s)')
     parser.add_argument("--namespace", default="fewstep")

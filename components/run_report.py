@@ -9,7 +9,7 @@ import math
 
 from PIL import Image
 
-from components.metrics.report import summary_table
+from components.metrics.summary import summary_table
 
 
 def _img(picture: Image.Image, alt: str) -> str:

@@ -1,108 +1,28 @@
-"""The one interface every distillation method implements, its config base and the trainer.
+"""The trainer every method shares: `distill` runs a Method for cfg.iterations on seeded batches.
 
-build from (teacher, config, data, pairs) -> train_step(batch) -> dict of scalar logs;
-state_dict() / load_state_dict() for checkpoints; student() for evaluation and export (its
-`.sampling` recipe says how to sample it). Losses are functions with the paper's symbols
-returning per-sample values; the reduction lives in train_step.
-
-The trainer `distill` owns what every method shares: seeded batches, the NaN/inf guard (a
-method marks a skipped step with logs['skipped'] = 1; K in a row stop the run), checkpoints
-every N iterations (method + batch order + RNG + history), exact resume, and data parallelism
-over the ranks of torch.distributed (components/distributed.py: each rank trains on its shard of
-the global batch; one process is the special case)."""
+It owns seeded batches, the NaN/inf guard (a method marks a skipped step with logs['skipped'] = 1;
+K in a row stop the run), checkpoints every N iterations (method + batch order + RNG + history),
+exact resume, and data parallelism over the ranks of torch.distributed
+(components/distributed.py: each rank trains on its shard of the global batch; one process is
+the special case)."""
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import shutil
 import sys
-from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Callable, Optional
 
 import torch
-from pydantic import Field
 from tqdm.auto import tqdm
 
-from components.config import ConfigError, Section
-from components.data import ImageDataset
-from components.diffusion.denoiser import Denoiser, state_hash
-from components.distributed import current_world
-from components.training import BatchSampler, seed_everything, select_device
-
-
-class DistillConfig(Section):
-    """Fields every method shares; a method's Config subclasses this."""
-
-    method: str = "dmd2"                   # registry name (components.methods.METHODS)
-    iterations: int = Field(1400, ge=1)    # training iterations (every one a critic turn)
-    batch_size: int = Field(64, ge=1)      # images per iteration
-    seed: int = 0                          # one seed -> one result (data order, noise, timesteps)
-    device: str = "auto"                   # 'auto' = CUDA when present, else CPU
-    log_every: int = Field(50, ge=1)       # history / progress-bar granularity (iterations)
-    fid_every: int = Field(0, ge=0)        # FID of the student at checkpoints every this many iterations (a
-                                           # multiple of log_every; 0: off) - in the history, W&B and plots
-    fid_samples: int = Field(1000, ge=10)  # samples per checkpoint FID (fewer than the final evaluation's)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a CUDA device with bf16, else fp32
-    max_bad_steps: int = Field(5, ge=1)    # NaN/inf guard: a bad step is skipped and logged; this many in a row stop
-    checkpoint_every: int = Field(0, ge=0)  # save everything needed to resume every this many iterations (0: off;
-                                           # a multiple of log_every); always also at the last iteration
-    checkpoint_dir: str = "checkpoints"    # runs live in <dir>/<method>-<run key>/step-XXXXXXXX/ (safetensors + JSON)
-    resume: str = "auto"                   # auto: continue this run's latest checkpoint (same config, teacher,
-                                           # code); never: start over; or a checkpoint folder to continue from
-
+from components.config import ConfigError
+from components.methods.interface import Method
+from components.training import BatchSampler, seed_everything
 
 class DivergenceError(ValueError):
     """max_bad_steps non-finite steps in a row."""
-
-
-# config keys that do not change the result: a checkpoint taken under other values still resumes
-RESUME_IGNORES = ("iterations", "device", "log_every", "fid_every", "fid_samples", "max_bad_steps",
-                  "checkpoint_every", "checkpoint_dir", "resume")
-
-
-class Method(ABC):
-    """A distillation method: owns its networks and optimisers, trains one batch at a time."""
-
-    Config: type[DistillConfig] = DistillConfig
-
-    def __init__(self, teacher: Denoiser, cfg: DistillConfig, data: ImageDataset, pairs=None):
-        self.cfg, self.data, self.pairs = cfg, data, pairs
-        self.device = select_device(cfg.device)
-        self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"
-                                               and torch.cuda.is_bf16_supported())
-        self.teacher_sha256 = state_hash(teacher)
-        self.world = current_world()        # data-parallel ranks (components/distributed.py); 1 without torchrun
-        self.step = 0
-
-    @abstractmethod
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One iteration on batch = {'real': images, 'class_labels': labels, 'noise': z}."""
-
-    @abstractmethod
-    def student(self) -> Denoiser:
-        """The generator to evaluate / export, with its `.sampling` recipe (CPU, eval mode)."""
-
-    @abstractmethod
-    def state_dict(self) -> dict:
-        """Everything needed to resume exactly (networks, optimisers, schedulers, EMA, RNG, step)."""
-
-    @abstractmethod
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what state_dict() returned."""
-
-    def run_identity(self) -> dict:
-        """What a checkpoint must share with this run to resume it: config (less RESUME_IGNORES),
-        teacher hash, pairs and the method's code."""
-        code = hashlib.sha256()
-        for cls in type(self).__mro__:
-            if cls.__module__.startswith("components.methods"):
-                code.update(inspect.getsource(sys.modules[cls.__module__]).encode())
-        pairs = hashlib.sha256(self.pairs.images.numpy().tobytes()).hexdigest() if self.pairs is not None else None
-        config = {k: v for k, v in self.cfg.model_dump(mode="json").items() if k not in RESUME_IGNORES}
-        return {"distill": config, "teacher_sha256": self.teacher_sha256, "pairs_sha256": pairs,
-                "code_sha256": code.hexdigest()}
 
 
 class Checkpoints:
@@ -207,3 +127,6 @@ def distill(method: Method, progress: bool = True,
                           history)
             world.barrier()
     return history
+
+
+__all__ = ["Checkpoints", "DivergenceError", "distill"]

@@ -9,84 +9,90 @@ steps `*/n`, `a-b/n`, `a/n`, month names JAN-DEC and day names SUN-SAT, and the 
 @annually, @monthly, @weekly, @daily, @midnight, @hourly (expanded here to their fields).
 Not supported by either, refused: `L`, `W`, `#`, `@every <duration>`, a `TZ=`/`CRON_TZ=` prefix
 (a CronJob takes `spec.timeZone` instead).
+
+croniter parses each field (bounds, names, steps, `?`); this module adds the field count, what
+croniter accepts and robfig/cron refuses, and one-line errors that name the field.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-# Robfig/cron's bounds (Kubernetes and KFP): day of week is 0-6 with Sunday 0 (7 is refused).
-MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
-DAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
+from croniter import croniter
+from croniter.croniter import DAY_FIELD, DOW_FIELD, HOUR_FIELD, MINUTE_FIELD, MONTH_FIELD, SECOND_FIELD
 
 
 @dataclass(frozen=True)
 class Field:
     name: str
-    low: int
-    high: int
-    names: tuple[str, ...] = ()          # symbolic values, NAMES[i] == low + i
+    index: int                           # croniter's field index (croniter.RANGES, croniter.ALPHACONV)
     question: bool = False               # '?' allowed (day of month / day of week)
 
+    @property
+    def bounds(self) -> tuple[int, int]:
+        return croniter.RANGES[self.index]
+
+    @property
+    def names(self) -> dict[str, int]:
+        """croniter's month/day names (lower case) -> numbers; its 'l' (last day) is no name."""
+        return {k: v for k, v in croniter.ALPHACONV[self.index].items() if isinstance(v, int)}
+
     def expected(self) -> str:
-        named = f" or {self.names[0]}-{self.names[-1]}" if self.names else ""
-        return (f"{self.low}-{self.high}{named}, '*'{' or ?' if self.question else ''}, lists (a,b), "
+        names = list(self.names)
+        named = f" or {names[0].upper()}-{names[-1].upper()}" if names else ""
+        return (f"{self.bounds[0]}-{self.bounds[1]}{named}, '*'{' or ?' if self.question else ''}, lists (a,b), "
                 f"ranges (a-b) and steps (*/n, a-b/n)")
 
 
-SECOND = Field("second", 0, 59)
-STANDARD_FIELDS = (Field("minute", 0, 59), Field("hour", 0, 23), Field("day of month", 1, 31, question=True),
-                   Field("month", 1, 12, MONTHS), Field("day of week", 0, 6, DAYS, question=True))
+SECOND = Field("second", SECOND_FIELD)
+STANDARD_FIELDS = (Field("minute", MINUTE_FIELD), Field("hour", HOUR_FIELD),
+                   Field("day of month", DAY_FIELD, question=True), Field("month", MONTH_FIELD),
+                   Field("day of week", DOW_FIELD, question=True))
 SECONDS_FIELDS = (SECOND, *STANDARD_FIELDS)
 
+# Hand-written: croniter knows these macros but keeps their fields private to croniter._expand.
 MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
           "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
-
-_NUMBER = re.compile(r"^[0-9]+$")
 
 
 def _fail(expr: str, detail: str) -> ValueError:
     return ValueError(f"cron expression '{expr}': {detail}")
 
 
-def _value(expr: str, pos: int, field: Field, token: str) -> int:
-    """One number or name of a field, inside its bounds."""
-    where = f"field {pos} ({field.name}) '{token}'"
-    if _NUMBER.match(token):
-        v = int(token)
-    elif token.upper() in field.names:
-        v = field.low + field.names.index(token.upper())
-    elif re.search(r"[LW#]", token.upper()) and token.upper() not in field.names:
-        raise _fail(expr, f"{where}: 'L', 'W' and '#' are not supported by Kubernetes or Kubeflow; "
-                          f"expected {field.expected()}")
-    else:
-        raise _fail(expr, f"{where}: expected {field.expected()}")
-    if not field.low <= v <= field.high:
-        raise _fail(expr, f"{where}: {v} is out of range; expected {field.expected()}")
-    return v
+def _number(field: Field, token: str) -> int | None:
+    """A number or a month/day name as its number; None for anything else."""
+    return int(token) if re.fullmatch(r"[0-9]+", token) else field.names.get(token.lower())
 
 
-def _check_field(expr: str, pos: int, field: Field, text: str) -> None:
-    """Validate one field: comma-separated parts, each `*`, `?`, `a`, `a-b`, optionally `/step`."""
+def _check_field(expr: str, pos: int, field: Field, text: str, fields: int) -> None:
+    """Field `pos` (1-based) of a `fields`-field expression: croniter's parse, then robfig/cron's limits."""
+    where = f"field {pos} ({field.name}) '{text}'"
+    probe = ["*"] * fields
+    probe[pos - 1] = text
+    if not croniter.is_valid(" ".join(probe), second_at_beginning=fields == 6):
+        # Hand-written wording: croniter's errors name neither the field nor, in these cases, the cause.
+        steps = [part.partition("/")[2] for part in text.split(",") if "/" in part]
+        bad_step = next((s for s in steps if not re.fullmatch(r"[0-9]+", s) or int(s) == 0), None)
+        reason = ("empty list element" if "" in text.split(",") else
+                  "'?' stands alone and only in the day-of-month or day-of-week field" if "?" in text else
+                  f"step '{bad_step}' must be a positive whole number" if bad_step is not None else
+                  f"not a valid {field.name}")
+        raise _fail(expr, f"{where}: {reason}; expected {field.expected()}")
+    # Hand-written: croniter also accepts its extensions (L, W, #, R), day of week 7 and wrapping ranges (5-1),
+    # which robfig/cron (Kubernetes, KFP) refuses.
     for part in text.split(","):
-        where = f"field {pos} ({field.name}) '{text}'"
-        if not part:
-            raise _fail(expr, f"{where}: empty list element; expected {field.expected()}")
-        base, slash, step = part.partition("/")
-        if slash:
-            if not _NUMBER.match(step) or int(step) == 0:
-                raise _fail(expr, f"{where}: step '{step}' must be a positive whole number")
+        base = part.partition("/")[0]
         if base in ("*", "?"):
-            if base == "?" and (not field.question or slash or text != "?"):
-                raise _fail(expr, f"{where}: '?' stands alone and only in the day-of-month or day-of-week "
-                                  f"field; expected {field.expected()}")
             continue
-        lo_text, dash, hi_text = base.partition("-")
-        lo = _value(expr, pos, field, lo_text)
-        if dash:
-            hi = _value(expr, pos, field, hi_text)
-            if lo > hi:
-                raise _fail(expr, f"{where}: range start {lo} is after its end {hi}")
+        ends = [_number(field, token) for token in base.split("-")]
+        if None in ends:
+            raise _fail(expr, f"{where}: 'L', 'W', '#' and 'R' are not supported by Kubernetes or Kubeflow; "
+                              f"expected {field.expected()}")
+        outside = [v for v in ends if not field.bounds[0] <= v <= field.bounds[1]]
+        if outside:
+            raise _fail(expr, f"{where}: {outside[0]} is out of range; expected {field.expected()}")
+        if len(ends) == 2 and ends[0] > ends[1]:
+            raise _fail(expr, f"{where}: range start {ends[0]} is after its end {ends[1]}")
 
 
 def parse_cron(expr: str, fields: int = 5) -> tuple[str, ...]:
@@ -99,6 +105,7 @@ def parse_cron(expr: str, fields: int = 5) -> tuple[str, ...]:
         raise _fail(str(expr if expr is not None else ""), f"empty; expected {fields} space-separated fields "
                                                             f"such as '{'0 ' if fields == 6 else ''}0 3 * * 1'")
     text = expr.strip()
+    # Hand-written: croniter would only report a wrong column count for these robfig forms, not what to do.
     if re.match(r"^(CRON_)?TZ=", text):
         raise _fail(expr, "a TZ=/CRON_TZ= prefix is not accepted; set the time zone separately "
                           "(a CronJob's spec.timeZone)")
@@ -112,6 +119,7 @@ def parse_cron(expr: str, fields: int = 5) -> tuple[str, ...]:
         parts = tuple(MACROS[macro].split())
         return ("0", *parts) if fields == 6 else parts
     parts = tuple(text.split())
+    # Hand-written: croniter takes 5, 6 (seconds last unless second_at_beginning) or 7 fields; a scheduler takes one.
     if len(parts) != fields:
         layout = ("second minute hour day-of-month month day-of-week" if fields == 6
                   else "minute hour day-of-month month day-of-week")
@@ -122,8 +130,8 @@ def parse_cron(expr: str, fields: int = 5) -> tuple[str, ...]:
             hint = " (5 fields is the Kubernetes form; convert with to_six_fields)"
         raise _fail(expr, f"{len(parts)} fields; expected {fields}: {layout}{hint}")
     spec = SECONDS_FIELDS if fields == 6 else STANDARD_FIELDS
-    for pos, (field, text_) in enumerate(zip(spec, parts), start=1):
-        _check_field(expr, pos, field, text_)
+    for pos, (field, part) in enumerate(zip(spec, parts), start=1):
+        _check_field(expr, pos, field, part, fields)
     return parts
 
 

@@ -1,9 +1,9 @@
-"""components/schedule.py (cron for Kubernetes: 5 fields, Kubeflow: 6) and components/retrain.py
+"""infra/cron.py (cron for Kubernetes: 5 fields, Kubeflow: 6) and infra/retrain_decision.py
 (the pure retrain decision)."""
 import pytest
 
-from components.retrain import ModelVersions, decide_retrain, teacher_identity
-from components.schedule import cron_for, parse_cron, to_five_fields, to_six_fields, validate_cron
+from infra.cron import cron_for, parse_cron, to_five_fields, to_six_fields, validate_cron
+from infra.retrain_decision import ModelVersions, decide_retrain, teacher_identity
 
 # ---------------------------------------------------------------------------------------- cron
 

@@ -1,0 +1,72 @@
+"""The one interface every distillation method implements.
+
+build from (teacher, config, data, pairs) -> train_step(batch) -> dict of scalar logs;
+state_dict() / load_state_dict() for checkpoints; student() for evaluation and export (its
+`.sampling` recipe says how to sample it). Losses are functions with the paper's symbols
+returning per-sample values; the reduction lives in train_step. The config a method reads is its
+`Config`, a subclass of components.config.DistillConfig. The training loop that drives a Method
+(batches, NaN guard, checkpoints, resume, data parallelism) is components/methods/trainer.py."""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import sys
+from abc import ABC, abstractmethod
+
+import torch
+
+from components.config import DistillConfig
+from components.data import ImageDataset
+from components.diffusion.denoiser import Denoiser, state_hash
+from components.distributed import current_world
+from components.training import select_device
+
+# config keys that do not change the result: a checkpoint taken under other values still resumes
+RESUME_IGNORES = ("iterations", "device", "log_every", "fid_every", "fid_samples", "max_bad_steps",
+                  "checkpoint_every", "checkpoint_dir", "resume")
+
+
+class Method(ABC):
+    """A distillation method: owns its networks and optimisers, trains one batch at a time."""
+
+    Config: type[DistillConfig] = DistillConfig
+
+    def __init__(self, teacher: Denoiser, cfg: DistillConfig, data: ImageDataset, pairs=None):
+        self.cfg, self.data, self.pairs = cfg, data, pairs
+        self.device = select_device(cfg.device)
+        self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"
+                                               and torch.cuda.is_bf16_supported())
+        self.teacher_sha256 = state_hash(teacher)
+        self.world = current_world()        # data-parallel ranks (components/distributed.py); 1 without torchrun
+        self.step = 0
+
+    @abstractmethod
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One iteration on batch = {'real': images, 'class_labels': labels, 'noise': z}."""
+
+    @abstractmethod
+    def student(self) -> Denoiser:
+        """The generator to evaluate / export, with its `.sampling` recipe (CPU, eval mode)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly (networks, optimisers, schedulers, EMA, RNG, step)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict() returned."""
+
+    def run_identity(self) -> dict:
+        """What a checkpoint must share with this run to resume it: config (less RESUME_IGNORES),
+        teacher hash, pairs and the method's code."""
+        code = hashlib.sha256()
+        for cls in type(self).__mro__:
+            if cls.__module__.startswith("components.methods"):
+                code.update(inspect.getsource(sys.modules[cls.__module__]).encode())
+        pairs = hashlib.sha256(self.pairs.images.numpy().tobytes()).hexdigest() if self.pairs is not None else None
+        config = {k: v for k, v in self.cfg.model_dump(mode="json").items() if k not in RESUME_IGNORES}
+        return {"distill": config, "teacher_sha256": self.teacher_sha256, "pairs_sha256": pairs,
+                "code_sha256": code.hexdigest()}
+
+
+__all__ = ["DistillConfig", "Method", "RESUME_IGNORES"]
