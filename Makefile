@@ -25,7 +25,7 @@ install: $(BIN)/.installed
 	$(BIN)/zenml init
 
 # The built-in digits written into data/ - the same bytes on every machine, so the committed
-# data.dvc holds (the check below says so). Your own data: see README "Bring your own dataset".
+# data.dvc holds (the check below says so). Your own data: docs/data.md.
 data/digits.npz: | $(BIN)/.installed
 	$(BIN)/python -m components.data.builtin --out $@
 
@@ -44,7 +44,7 @@ repro: install data
 browser: install
 	VENV=$(VENV) scripts/browser.sh
 
-# Component, step, pipeline, infra and browser tests (CPU, ~17 minutes after the install). No tests collected (exit 5) is a failure.
+# Component, step, pipeline, infra and browser tests (CPU; measured duration in docs/testing.md). No tests collected (exit 5) is a failure.
 test: install browser
 	$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
@@ -53,7 +53,7 @@ benchmark: install
 	$(BIN)/python benchmarks/quality.py
 
 # dmd2_pipeline compiled by ZenML's Kubeflow orchestrator to a KFP v2 YAML, offline (no cluster, no Docker):
-# infra/kubeflow/ (README "Run on Kubernetes"). It hashes data/ as a run would, so it needs the data.
+# infra/kubeflow/ (docs/kubernetes.md). It hashes data/ as a run would, so it needs the data.
 kubeflow-compile: install data/digits.npz
 	$(BIN)/python -m infra.kubeflow.compile --config configs/dmd2_kubeflow.yaml --out build/kubeflow/dmd2_pipeline.yaml
 
