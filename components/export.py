@@ -47,8 +47,9 @@ import numpy as np, onnxruntime as ort
 sess = ort.InferenceSession("onnx/model.onnx", providers=["CPUExecutionProvider"])
 noise = np.random.default_rng(0).standard_normal((8, *sess.get_inputs()[0].shape[1:]), dtype=np.float32)
 images = sess.run(None, {"noise": noise, "class_labels": np.arange(8) % NUM_CLASSES})[0]
-```""".replace("NUM_CLASSES", str(card.get("num_classes", 10))) if not timesteps else
-            "No ONNX copy: ONNX export covers one-step students so far.")
+```""".replace("NUM_CLASSES", str(card.get("num_classes", 10))) if card.get("onnx", not timesteps) else
+            "No ONNX copy: ONNX export covers one-step students so far." if timesteps else
+            "No ONNX copy: export.onnx was off.")
     return f"""---
 library_name: diffusers
 pipeline_tag: unconditional-image-generation
@@ -109,7 +110,7 @@ def cm_timesteps(sigmas: list[float], sigma_min: float, sigma_max: float) -> lis
 
 
 def export_student(student: EDMDenoiser, target: str | os.PathLike, card: dict | None = None,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, onnx: bool = True) -> Path:
     """Write the stock-diffusers folder for a few-step EDM student (temp folder, then rename). One step:
     num_inference_steps=1 (+ ONNX). K steps: the student's sigmas lie on the T=1000 Karras grid, which is
     CMStochasticIterativeScheduler's grid for num_train_timesteps=1000, so `timesteps=[...]` (in the
@@ -129,9 +130,10 @@ def export_student(student: EDMDenoiser, target: str | os.PathLike, card: dict |
                                                    clip_denoised=timesteps is None)
         ConsistencyModelPipeline(unet=student.unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
         (tmp / DENOISER_FILE).write_text(json.dumps(student.config(), indent=1))
-        if timesteps is None:
+        onnx = onnx and timesteps is None                    # ONNX covers one-step students
+        if onnx:
             export_onnx(student, tmp / "onnx" / "model.onnx")
-        (tmp / "README.md").write_text(model_card({**(card or {}), "num_classes": student.num_classes,
+        (tmp / "README.md").write_text(model_card({**(card or {}), "num_classes": student.num_classes, "onnx": onnx,
                                                    "num_inference_steps": len(sigmas) - 1, "timesteps": timesteps}))
     return target
 
@@ -145,12 +147,12 @@ def card_fields(method: str, metrics: dict, class_names: list, data_path: str, d
 
 
 def export_if_passed(student: EDMDenoiser, target: str | os.PathLike, decision_passed: bool, reasons: list[str],
-                     card: dict, overwrite: bool = False) -> bool:
+                     card: dict, overwrite: bool = False, onnx: bool = True) -> bool:
     """The gated export: on a pass the stock-diffusers folder, on a rejection a folder holding only
     REJECTED.md with the gate's reasons (so a rejected student is never deployable). -> exported?"""
     if not decision_passed:
         with atomic_dir(check_export_target(target, overwrite)) as tmp:
             (tmp / "REJECTED.md").write_text("Not exported: " + "; ".join(reasons) + "\n")
         return False
-    export_student(student, target, card, overwrite=overwrite)
+    export_student(student, target, card, overwrite=overwrite, onnx=onnx)
     return True

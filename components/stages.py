@@ -190,7 +190,7 @@ def stage_export(cfg: RunConfig, a: argparse.Namespace) -> None:
     card = card_fields(cfg.distill.method, figures, ImageDataset.load(a.dataset).class_names, cfg.data.path, data_md5,
                        cfg.as_dict())
     if export_if_passed(load_denoiser(a.student, what="student"), a.out, decision.passed, decision.reasons, card,
-                        overwrite=True):                                 # DVC owns `out`
+                        overwrite=True, onnx=cfg.export.onnx):           # DVC owns `out`
         print(f"exported to {a.out}")
 
 

@@ -30,12 +30,12 @@ def export_model(student: Denoiser, decision: Dict[str, Any], metrics: Dict[str,
         check_export_target(export.path, export.overwrite)       # refuse before writing anything
     card = card_fields(lineage["config"]["distill"]["method"], metrics, dataset.class_names, lineage["data_path"],
                        lineage["data_md5"], lineage["config"], lineage["git_commit"])
-    if not export_if_passed(student, folder, decision["passed"], decision["reasons"], card):
+    if not export_if_passed(student, folder, decision["passed"], decision["reasons"], card, onnx=export.onnx):
         logger.warning("export skipped: the quality gate rejected the student (%s)", "; ".join(decision["reasons"]))
         log_step_metadata({"exported": False})
         return folder
     if export.path:
-        export_student(student, export.path, card, overwrite=export.overwrite)
+        export_student(student, export.path, card, overwrite=export.overwrite, onnx=export.onnx)
         logger.info("exported to %s", export.path)
     log_step_metadata({"exported": True, "export_path": export.path or ""})
     return folder
