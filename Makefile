@@ -10,6 +10,9 @@ export WANDB_MODE := offline
 export GX_ANALYTICS_ENABLED := false
 export AUTO_OPEN_DASHBOARD := false
 
+# pytest on two workers (pytest-xdist); tests/conftest.py groups the tests that share expensive fixtures
+PYTEST_ARGS := -q -n 2 --dist loadgroup
+
 .PHONY: install browser data run repro test benchmark kubeflow-compile clean
 
 $(BIN)/.installed: pyproject.toml
@@ -46,7 +49,7 @@ browser: install
 
 # Component, step, pipeline, infra and browser tests (CPU; measured duration in docs/testing.md). No tests collected (exit 5) is a failure.
 test: install browser
-	$(BIN)/python -m pytest -q; rc=$$?; \
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 benchmark: install

@@ -1,6 +1,22 @@
 """Shared fixtures: telemetry off, tiny models, the digits dataset."""
+import atexit
 import os
+import shutil
+import tempfile
 
+if os.environ.get("PYTEST_XDIST_WORKER"):       # two workers on two cores: one torch thread each, children too
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+# ZenML state of the test process itself (step imports, .entrypoint() calls) in a throwaway folder per
+# worker: tests never read or write the user's ~/.config/zenml, and two workers never race on one store
+_ZENML_HOME = tempfile.mkdtemp(prefix=f"fewstep-tests-zenml-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
+atexit.register(shutil.rmtree, _ZENML_HOME, True)
+os.environ["ZENML_CONFIG_PATH"] = _ZENML_HOME
+os.environ["ZENML_REPOSITORY_PATH"] = os.path.join(_ZENML_HOME, "repo")     # an empty one: no .zen is read
+os.makedirs(os.environ["ZENML_REPOSITORY_PATH"])
+# steps are imported at collection: under xdist the worker's main module has no file for ZenML to
+# take the source root from, so name it (the repository root), as the pipeline tests' subprocesses do
+os.environ.setdefault("ZENML_CUSTOM_SOURCE_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -18,16 +34,22 @@ TINY_TEACHER = dict(train_steps=20, batch_size=32, block_out_channels=(16, 32), 
                     sampler_steps=3, seed=0)
 
 
-def pytest_addoption(parser):
-    parser.addoption("--runslow", action="store_true", help="run tests marked slow")
+# `make test` runs pytest on 2 workers (pytest-xdist, --dist loadgroup). A group runs whole on one worker, so a
+# module's (or a session's) expensive fixture is built once: by default each test file is its own group; the
+# files that read the session's shared pipeline runs form one; tests listed in UNGROUPED spread freely.
+SHARED_GROUPS = {"tests/pipelines/test_dmd2_pipeline.py": "zenml_store", "tests/pipelines/test_dvc.py": "zenml_store",
+                 "tests/review/test_dashboard.py": "zenml_store",
+                 "tests/components/test_onnx_export.py": "tests/components/test_export.py"}   # one export
+UNGROUPED: set[str] = set()          # files whose tests may spread over both workers
 
 
+@pytest.hookimpl(tryfirst=True)       # before xdist's own hook reads the marks
 def pytest_collection_modifyitems(config, items):
-    skip_slow = pytest.mark.skip(reason="slow: pass --runslow")
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "slow" in item.keywords and not config.getoption("--runslow"):
-            item.add_marker(skip_slow)
+        path = item.nodeid.split("::")[0]
+        if path not in UNGROUPED and not any(m.name == "xdist_group" for m in item.iter_markers()):
+            item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(path, path)))
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
 
@@ -66,3 +88,20 @@ def write_image_folder(root, classes=("cat", "dog"), n=12, size=(10, 10), mode="
         for i in range(n):
             arr = rng.integers(0, 255, (*size, 3) if mode == "RGB" else size, dtype=np.uint8)
             Image.fromarray(arr, mode).save(root / c / f"{i}.png")
+
+
+@pytest.fixture(scope="session")
+def zenml_env(tmp_path_factory):
+    """A throwaway ZenML store and repository for the session: never touches the user's stack."""
+    from tests.pipelines.conftest import make_zenml_env
+
+    return make_zenml_env(tmp_path_factory.mktemp("zenml"))
+
+
+@pytest.fixture(scope="session")
+def pipeline_runs(zenml_env, tmp_path_factory, digits_npz):
+    """The tiny dmd2_pipeline runs (reject, pass, changed data) in the session's store, made once and
+    read by the end-to-end, DVC-vs-ZenML and dashboard tests (tests/pipelines/conftest.py: tiny_runs)."""
+    from tests.pipelines.conftest import tiny_runs
+
+    return tiny_runs(tmp_path_factory.mktemp("runs"), zenml_env, digits_npz)

@@ -5,7 +5,12 @@ Tolerance, stated: the ranks draw the same random numbers as the single process 
 shards, so the only difference is float32 summation order (convolutions over 4 instead of 8
 samples, one all-reduce of the gradients). Measured on the 2-core CI box: per-step losses agree
 to ~1e-6 relative, weights after 6 steps to ~1e-6; asserted: losses rtol 1e-4, weights atol 1e-4
-(AdamW with beta1 = 0 normalises each step, so the last bits of a gradient do not grow)."""
+(AdamW with beta1 = 0 normalises each step, so the last bits of a gradient do not grow).
+
+Cost: the one real launch is the 2-process run. Its inputs are written in-process in the stages'
+own formats, the 1-process reference is the same stage CLI (components.stages.main) in-process,
+and the refusal of a global batch that does not divide runs that CLI in-process as each rank of a
+world of 2 (the refusal comes before any collective)."""
 import csv
 import os
 import shutil
@@ -18,10 +23,15 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+import components.distributed
+import components.methods.interface
+from components import stages
+from components.diffusion import save_denoiser
 from components.distributed import World
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 
 
 def test_world_shards_a_global_batch_like_one_process():
@@ -35,9 +45,21 @@ def test_world_shards_a_global_batch_like_one_process():
         World(0, 3).shard(t)
 
 
+@pytest.fixture
+def one_thread():
+    """In-process stage runs on one intra-op thread, as the launched processes (OMP_NUM_THREADS=1)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
-def stage_inputs(tmp_path_factory, digits_npz):
-    """dataset, feature net and a tiny teacher written by the stages themselves."""
+def stage_inputs(tmp_path_factory, digits_npz, digits, tiny_teacher):
+    """params.yaml, dataset, feature net and a tiny teacher in the folders the distill stage reads:
+    the session's digits (ImageDataset.save, as the data stage writes it), its tiny teacher
+    (save_denoiser, as the teacher stage: the same config as the teacher section below) and a
+    feature net from the features stage, run in-process."""
     tmp = tmp_path_factory.mktemp("ddp")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["path"] = digits_npz
@@ -47,33 +69,40 @@ def stage_inputs(tmp_path_factory, digits_npz):
     params["distill"].update(iterations=6, batch_size=8, dfake_gen_update_ratio=2, log_every=1, fid_every=0,
                              checkpoint_every=0, w_gen=0.15, w_D=1.0, gan_max_step_percent=0.3)
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for stage, args in (("data", []), ("features", ["--dataset", "dataset"]),
-                        ("teacher", ["--dataset", "dataset", "--plots", "teacher.csv"])):
-        out = {"data": "dataset", "features": "feature_net", "teacher": "teacher"}[stage]
-        subprocess.run([sys.executable, "-m", "components.stages", stage, "--params", "params.yaml", *args,
-                        "--out", out], cwd=tmp, env={**env, "PYTHONPATH": str(ROOT)}, check=True,
-                       capture_output=True, timeout=600)
+    digits.save(tmp / "dataset")
+    save_denoiser(tiny_teacher, tmp / "teacher")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert stages.main(["features", "--params", str(tmp / "params.yaml"), "--dataset", str(tmp / "dataset"),
+                            "--out", str(tmp / "feature_net")]) == 0
+    finally:
+        torch.set_num_threads(n)
     yield tmp
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _distill(tmp: Path, launcher: list[str], name: str) -> tuple[dict, list[dict]]:
-    cmd = [*launcher, "-m", "components.stages", "distill", "--params", "params.yaml", "--dataset", "dataset",
-           "--teacher", "teacher", "--features", "feature_net", "--checkpoints", f"ckpt-{name}",
-           "--out", f"student-{name}", "--plots", f"losses-{name}.csv"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    r = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+def _argv(tmp: Path, name: str, params: str = "params.yaml") -> list[str]:
+    return ["distill", "--params", str(tmp / params), "--dataset", str(tmp / "dataset"), "--teacher",
+            str(tmp / "teacher"), "--features", str(tmp / "feature_net"), "--checkpoints", str(tmp / f"ckpt-{name}"),
+            "--out", str(tmp / f"student-{name}"), "--plots", str(tmp / f"losses-{name}.csv")]
+
+
+def _results(tmp: Path, name: str) -> tuple[dict, list[dict]]:
     weights = load_file(str(next((tmp / f"student-{name}").rglob("*.safetensors"))))
     with open(tmp / f"losses-{name}.csv") as f:
         history = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
     return weights, history
 
 
-def test_two_processes_match_one_with_the_same_global_batch(stage_inputs):
-    one_w, one_h = _distill(stage_inputs, [sys.executable], "single")
-    two_w, two_h = _distill(stage_inputs, [TORCHRUN, "--standalone", "--nproc_per_node", "2"], "ddp")
+def test_two_processes_match_one_with_the_same_global_batch(stage_inputs, one_thread):
+    assert stages.main(_argv(stage_inputs, "single")) == 0            # one process: the stage CLI, here
+    r = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "components.stages",
+                        *_argv(stage_inputs, "ddp")], check=False, cwd=stage_inputs, env=ENV, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "on 2 process(es)" in r.stdout                            # really data-parallel, not 2 lone runs
+    (one_w, one_h), (two_w, two_h) = _results(stage_inputs, "single"), _results(stage_inputs, "ddp")
     assert len(one_h) == len(two_h) == 6
     rel = max(abs(b[k] - a[k]) / max(abs(a[k]), 1e-12) for a, b in zip(one_h, two_h) for k in a if k.startswith("loss"))
     print(f"max relative loss difference over 6 steps: {rel:.3e}")
@@ -91,15 +120,23 @@ def test_two_processes_match_one_with_the_same_global_batch(stage_inputs):
     assert moved > 1e-3                      # the comparison means something: training changed the weights
 
 
-def test_a_global_batch_that_does_not_divide_is_refused(stage_inputs, tmp_path):
+def _odd_params(stage_inputs: Path) -> str:
     params = yaml.safe_load((stage_inputs / "params.yaml").read_text())
     params["distill"]["batch_size"] = 7
     (stage_inputs / "params-odd.yaml").write_text(yaml.safe_dump(params))
-    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "components.stages", "distill", "--params",
-           "params-odd.yaml", "--dataset", "dataset", "--teacher", "teacher", "--features", "feature_net",
-           "--checkpoints", "ckpt-odd", "--out", "student-odd", "--plots", "losses-odd.csv"]
-    r = subprocess.run(cmd, cwd=stage_inputs, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)),
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode != 0
-    assert "distill.batch_size" in r.stderr and "7 does not divide over 2 processes" in r.stderr
-    assert not (stage_inputs / "student-odd").exists()
+    return "params-odd.yaml"
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_global_batch_that_does_not_divide_is_refused(stage_inputs, rank, monkeypatch, capsys, one_thread):
+    """The stage CLI as rank `rank` of a world of 2 (what init_from_env returns under a launcher; no
+    process group): exit 1, one error line naming the field, nothing written. It fails before any
+    collective (there is no process group here to reach), so under a launcher every rank refuses."""
+    world = World(rank, 2)
+    monkeypatch.setattr(components.distributed, "init_from_env", lambda *a, **k: world)
+    monkeypatch.setattr(components.methods.interface, "current_world", lambda: world)
+    name = f"odd-{rank}"
+    assert stages.main(_argv(stage_inputs, name, _odd_params(stage_inputs))) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "distill.batch_size" in errors[0] and "7 does not divide over 2 processes" in errors[0]
+    assert not (stage_inputs / f"student-{name}").exists() and not (stage_inputs / f"losses-{name}.csv").exists()

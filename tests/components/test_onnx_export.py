@@ -1,4 +1,8 @@
-"""ONNX export: onnxruntime reproduces the project's one-step sampler, any batch size."""
+"""ONNX export: onnxruntime reproduces the project's one-step sampler, any batch size.
+
+The file under test is the onnx/model.onnx that export_student writes with export_onnx(student, ...):
+one dynamo export (~10 s on 2 CPUs) per session, shared with test_export (tests/components/test_export.py:
+one_step_export), instead of a second export of the same student here."""
 import copy
 
 import numpy as np
@@ -8,18 +12,22 @@ import torch
 from components.config import ConfigError
 from components.diffusion.generate import generate
 from components.onnx_export import export_onnx, run_onnx
+from tests.components.test_export import one_step_export
 
 
 @pytest.fixture(scope="module")
-def one_step_student(tiny_teacher):
-    student = copy.deepcopy(tiny_teacher)
-    student.sampling = {"sampler": "fewstep", "sigmas": [student.sigma_max, 0.0]}
-    return student
+def one_step(request, tiny_teacher, tmp_path_factory):
+    return one_step_export(request.config, tiny_teacher, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def onnx_file(one_step_student, tmp_path_factory):
-    return export_onnx(one_step_student, tmp_path_factory.mktemp("onnx") / "model.onnx")
+def one_step_student(one_step):
+    return one_step[0]
+
+
+@pytest.fixture(scope="module")
+def onnx_file(one_step):
+    return one_step[1] / "onnx" / "model.onnx"
 
 
 def noise_like_generate(student, n, seed):

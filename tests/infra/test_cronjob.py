@@ -3,6 +3,7 @@
 
 The cluster is a fake DynamicClient (infra.cronjob.make_client is replaced); ZenML runs in a
 throwaway store (ZENML_CONFIG_PATH / ZENML_REPOSITORY_PATH in a temp folder), never the user's."""
+import json
 import os
 import subprocess
 import sys
@@ -379,12 +380,14 @@ def test_retrain_bad_config_one_line(capsys, tmp_path):
 
 
 FAKE_RUN = '''
-"""A stand-in for a dmd2_pipeline run: the same lineage metadata and teacher_step metadata, a
-version of the same ZenML model, promoted to production."""
-import json, sys
+"""Stand-ins for dmd2_pipeline runs (the same lineage metadata and teacher_step metadata, a version of the
+same ZenML model, promoted to production), each followed by `python -m infra.retrain` in this process:
+one process for the whole story instead of four."""
+import contextlib, io, json, sys
 from zenml import Model, get_step_context, log_metadata, pipeline, step
 from zenml.client import Client
 from components.data.versioning import run_lineage
+from infra import retrain
 from infra.retrain import load_run_config
 from steps.names import MODEL_NAME
 
@@ -403,30 +406,40 @@ def fake_dmd2(lineage: dict):
     record_lineage(lineage)
     teacher_step()
 
-if __name__ == "__main__":
-    cfg = load_run_config(sys.argv[1])
-    cfg["teacher"].update(json.loads(sys.argv[2]))
+def fake_run(config, teacher_override):
+    cfg = load_run_config(config)
+    cfg["teacher"].update(teacher_override)
     run = fake_dmd2(run_lineage(cfg, None))
     Client().get_pipeline_run(run.id).model_version.set_stage("production", force=True)
+
+def retrain_cli(*args):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = retrain.main(list(args))
+    return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+if __name__ == "__main__":
+    config = sys.argv[1]
+    fake_run(config, {})
+    unchanged = retrain_cli("--config", config)
+    fake_run(config, {"train_steps": 7})                # the new production version had another teacher
+    changed = retrain_cli("--config", config, "--dry-run")
+    print(json.dumps({"unchanged": unchanged, "changed": changed}))
 '''
 
 
-@pytest.mark.slow
 def test_retrain_reads_the_production_model_from_zenml(zenml_tmp_env, run_config, tmp_path):
     """production_versions against a real (temp) ZenML store: unchanged, then a changed teacher."""
     script = tmp_path / "fake_run.py"
     script.write_text(FAKE_RUN)
-    env = dict(zenml_tmp_env, PYTHONPATH=str(ROOT))
-
-    def fake_run(teacher_override):
-        out = subprocess.run([sys.executable, str(script), str(run_config), teacher_override], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stderr[-3000:]
-
-    fake_run("{}")
-    out = retrain_cli(env, "--config", str(run_config))
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "retrain: no (unchanged" in out.stdout and "up to date" in out.stdout
-    fake_run('{"train_steps": 7}')                   # the new production version had another teacher
-    out = retrain_cli(env, "--config", str(run_config), "--dry-run")
-    assert "retrain: yes (teacher changed (teacher.train_steps 7->1000))" in out.stdout, out.stdout + out.stderr
+    # the stand-in pipeline lives in tmp_path: its own folder is the source root, not the repository
+    env = {k: v for k, v in zenml_tmp_env.items() if k != "ZENML_CUSTOM_SOURCE_ROOT"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, str(script), str(run_config)], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    story = json.loads(out.stdout.strip().splitlines()[-1])
+    unchanged, changed = story["unchanged"], story["changed"]
+    assert unchanged["rc"] == 0, unchanged["stderr"][-2000:]
+    assert "retrain: no (unchanged" in unchanged["stdout"] and "up to date" in unchanged["stdout"]
+    assert "retrain: yes (teacher changed (teacher.train_steps 7->1000))" in changed["stdout"], changed

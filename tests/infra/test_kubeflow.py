@@ -1,9 +1,12 @@
 """infra/: the offline Kubeflow compile (checked in the compiled YAML, not trusted), the GPU rules, the
-image's Dockerfile and the ZenML stack recipes. Every zenml call runs in a subprocess on a throwaway store."""
+image's Dockerfile and the ZenML stack recipes. Every zenml call runs in a process of its own (a forked child
+of one driver process, see FORK_DRIVER) on a throwaway store."""
 import ast
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +24,11 @@ PIPELINE_FILE = ROOT / "pipelines" / "dmd2_pipeline.py"
 DOCKERFILE = ROOT / "infra" / "docker" / "Dockerfile"
 INFRA_KEYS = {"settings", "environment", "steps", "secrets"}      # what may differ between local and kubeflow
 SECRET_NAME = re.compile(r"(^|_)(KEY|TOKEN|SECRET|PASSWORD)(S)?($|_)", re.I)     # WANDB_API_KEY, ..._TOKEN
+# what a compile imports, less zenml and the project's modules: imported once by FORK_DRIVER, before its forks
+COMPILE_PRELOAD = ["numpy", "torch", "torchvision", "diffusers", "accelerate", "scipy", "sklearn", "pandas", "sympy",
+                   "pydantic", "sqlalchemy", "sqlmodel", "alembic", "kfp", "kfp.dsl", "kfp.kubernetes", "kfp.compiler",
+                   "kubernetes", "docker", "structlog", "rich", "click", "requests", "cryptography", "jsonschema",
+                   "huggingface_hub", "PIL", "opentelemetry"]
 
 
 def isolated_env(tmp: Path) -> dict:
@@ -34,8 +42,110 @@ def isolated_env(tmp: Path) -> dict:
     return env
 
 
+def compile_args(config: Path, out: Path, *extra: str) -> list:
+    return ["--config", str(config), "--out", str(out), *extra]
+
+
 def compile_cmd(config: Path, out: Path, *extra: str) -> list:
-    return [PYTHON, "-m", "infra.kubeflow.compile", "--config", str(config), "--out", str(out), *extra]
+    """The real CLI (`python -m`), for the cases that fail before zenml is imported (well under a second)."""
+    return [PYTHON, "-m", "infra.kubeflow.compile", *compile_args(config, out, *extra)]
+
+
+# One process runs all the zenml cases of a test: it imports what they share once (~10 s of torch, kfp,
+# sqlalchemy... for a compile; zenml for the stack recipes), then forks a child per case, which takes the
+# case's environment, writes its stdout/stderr to files and exits with the case's status, as a process of
+# its own would. zenml binds its global config and client to a store on first use, not on import, so the
+# parent checks that neither exists before each fork: no case sees another's store. The compiles preload no
+# zenml at all (compile.main() would start a subprocess if it found it imported). Run from a file, not with
+# `python -c`: a frame with no module file at the bottom of the stack (`-c`'s <string>, `-m`'s runpy) makes
+# each of kfp's ~200 inspect.stack() calls per compile scan sys.modules, ~8 s of CPU a frame.
+FORK_DRIVER = r'''"""argv[1]: JSON {"preload": [modules], "not_imported": [modules], "parallel": bool, "cases":
+[{"name", "target": "module:function", "argv", "env", "stdout", "stderr"}]}. Each case runs in a forked child:
+exit status function(argv). Prints {name: exit status} as JSON."""
+import importlib
+import json
+import os
+import sys
+import threading
+
+sys.path[0] = os.getcwd()               # the repository root, as with `python -m` (not this file's folder)
+
+
+def local_stack_summary(argv):
+    from zenml.client import Client
+
+    c = Client()
+    print(len(c.list_stacks(name="fewstep_local").items), c.active_stack_model.name,
+          len(c.list_stack_components(name="fewstep_local_artifacts").items))
+    return 0
+
+
+def zenml_bound():
+    config, client = sys.modules.get("zenml.config.global_config"), sys.modules.get("zenml.client")
+    return bool(config and config.GlobalConfiguration._global_config or client and client.Client._global_client)
+
+
+def threads():
+    return len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else threading.active_count()
+
+
+def run(case):
+    os.environ.clear()
+    os.environ.update(case["env"])
+    for fd, path in ((1, case["stdout"]), (2, case["stderr"])):
+        new = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(new, fd)
+        os.close(new)
+    module, _, function = case["target"].partition(":")
+    return getattr(importlib.import_module(module), function)(case["argv"])
+
+
+spec = json.loads(open(sys.argv[1]).read())
+for name in spec["preload"]:         # a speed hint: a child imports what is missing
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass
+assert not [m for m in spec["not_imported"] if m in sys.modules], "preloaded: " + str(spec["not_imported"])
+status, running = {}, {}
+for case in spec["cases"]:
+    assert not zenml_bound(), "zenml is bound to a store: the children would share it"
+    assert threads() == 1, "a thread at fork time: a lock it holds would stay locked in the child"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        raise SystemExit(run(case))     # a normal exit: atexit handlers run, buffers are flushed
+    running[pid] = case["name"]
+    while running and (not spec["parallel"] or case is spec["cases"][-1]):
+        pid, st = os.wait()
+        status[running.pop(pid)] = os.waitstatus_to_exitcode(st)
+print(json.dumps(status))
+'''
+
+
+def run_forked(tmp: Path, cases: dict, preload: list, env: dict, parallel: bool, not_imported: list = ()) -> dict:
+    """cases: name -> (target "module:function", argv, env); FORK_DRIVER runs them (started with `env`) in
+    forked children, all at once if `parallel`, else in order. name -> {"rc", "stdout", "stderr"}."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    files = {name: (tmp / f"{name}.stdout", tmp / f"{name}.stderr") for name in cases}
+    (tmp / "fork_driver.py").write_text(FORK_DRIVER)
+    (tmp / "cases.json").write_text(json.dumps({
+        "preload": preload, "not_imported": list(not_imported), "parallel": parallel,
+        "cases": [{"name": name, "target": target, "argv": argv, "env": case_env, "stdout": str(files[name][0]),
+                   "stderr": str(files[name][1])} for name, (target, argv, case_env) in cases.items()]}))
+    proc = subprocess.Popen([PYTHON, str(tmp / "fork_driver.py"), str(tmp / "cases.json")], cwd=ROOT, env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)          # the driver and its children: a session of their own
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    status = json.loads(stdout.strip().splitlines()[-1])
+    return {name: {"rc": status[name], "stdout": out.read_text(), "stderr": err.read_text()}
+            for name, (out, err) in files.items()}
 
 
 def pipeline_flow() -> dict:
@@ -86,7 +196,7 @@ def load_kfp(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def compiles(tmp_path_factory, digits_npz):
-    """Three compiles side by side (each ~1 min, mostly zenml/torch imports): the kubeflow config as is but
+    """Three compiles side by side, forked from one process (see FORK_DRIVER): the kubeflow config as is but
     with the built-in digits from a temp file; the same without distill_step's node selector; `--no-gpus`."""
     tmp = tmp_path_factory.mktemp("kfp")
     cfg = yaml.safe_load(KUBEFLOW_CONFIG.read_text())
@@ -98,16 +208,13 @@ def compiles(tmp_path_factory, digits_npz):
     no_selector = tmp / "no_selector.yaml"
     no_selector.write_text(yaml.safe_dump(bad_cfg))
     runs = {"good": (good, ()), "no_selector": (no_selector, ()), "no_gpus": (good, ("--no-gpus",))}
-    procs = {}
-    for name, (config, extra) in runs.items():
-        out = tmp / name / "out" / "dmd2_pipeline.yaml"
-        procs[name] = (out, subprocess.Popen(compile_cmd(config, out, *extra), cwd=ROOT, text=True,
-                                             env=isolated_env(tmp / name / "zenml"),
-                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    results = {}
-    for name, (out, proc) in procs.items():
-        stdout, stderr = proc.communicate(timeout=900)
-        results[name] = {"rc": proc.returncode, "stdout": stdout, "stderr": stderr, "out": out, "config": cfg}
+    outs = {name: tmp / name / "out" / "dmd2_pipeline.yaml" for name in runs}
+    cases = {name: ("infra.kubeflow.compile:main", compile_args(config, outs[name], *extra),
+                    isolated_env(tmp / name / "zenml")) for name, (config, extra) in runs.items()}
+    results = run_forked(tmp / "driver", cases, preload=COMPILE_PRELOAD, env=isolated_env(tmp / "driver" / "zenml"),
+                         parallel=True, not_imported=["zenml"])
+    for name, r in results.items():
+        r.update(out=outs[name], config=cfg)
     yield results
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -323,21 +430,22 @@ def test_image_named_in_config_and_readme():
 # --- ZenML stacks ---
 
 def test_local_stack_registers_idempotently(tmp_path):
+    """`stacks local --set` twice, then a read-back: three processes on one store, forked from one that has
+    imported zenml (not bound it to a store; see FORK_DRIVER)."""
     env = isolated_env(tmp_path)
-    for attempt in (1, 2):
-        r = subprocess.run([PYTHON, "-m", "infra.zenml.stacks", "local", "--set"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert "stack 'fewstep_local' is registered and active" in r.stdout
+    stack_run = ("infra.zenml.stacks:main", ["local", "--set"], env)
+    r = run_forked(tmp_path / "driver", {"first": stack_run, "second": stack_run,
+                                         "check": ("__main__:local_stack_summary", [], env)},
+                   preload=["zenml.cli.cli", "zenml.client", "zenml.zen_stores.sql_zen_store", "infra.zenml.stacks"],
+                   env=env, parallel=False)
+    for attempt, name in ((1, "first"), (2, "second")):
+        assert r[name]["rc"] == 0, r[name]["stderr"][-3000:]
+        assert "stack 'fewstep_local' is registered and active" in r[name]["stdout"]
         verb = "register" if attempt == 1 else "update"
         assert f"+ zenml stack {verb} fewstep_local -a fewstep_local_artifacts -o fewstep_local_orchestrator" \
-            in r.stdout
-    check = ("from zenml.client import Client; c = Client(); "
-             "print(len(c.list_stacks(name='fewstep_local').items), c.active_stack_model.name, "
-             "len(c.list_stack_components(name='fewstep_local_artifacts').items))")
-    r = subprocess.run([PYTHON, "-c", check], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.split()[-3:] == ["1", "fewstep_local", "1"]
+            in r[name]["stdout"]
+    assert r["check"]["rc"] == 0, r["check"]["stderr"][-3000:]
+    assert r["check"]["stdout"].split()[-3:] == ["1", "fewstep_local", "1"]
 
 
 @pytest.fixture

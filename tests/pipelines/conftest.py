@@ -1,40 +1,43 @@
-"""Shared by the end-to-end tests: a throwaway ZenML store and repository, and the CLI runner."""
+"""Shared by the end-to-end tests: a throwaway ZenML store and repository, the CLI runner, and the
+tiny dmd2_pipeline runs that several test files look at (run once per session)."""
+import json
 import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
-import pytest
+import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 ZENML = str(Path(sys.executable).with_name("zenml"))
+PASS_GATE = {"class_acc_min": None, "fid_ratio_max": 100.0}     # a gate the tiny student passes
+REJECT_GATE = {"fid_ratio_max": 0.01}                           # FID at most 1% of the teacher's: no student passes
 
 
-@pytest.fixture(scope="session")
-def zenml_env(tmp_path_factory):
-    """A throwaway ZenML store and repository: never touches the user's stack."""
-    tmp = tmp_path_factory.mktemp("zenml")
+def make_zenml_env(tmp: Path) -> dict:
+    """A throwaway ZenML store and repository under `tmp`: never touches the user's stack."""
     env = dict(os.environ, ZENML_CONFIG_PATH=str(tmp / "config"), ZENML_ANALYTICS_OPT_IN="false",
-               DVC_NO_ANALYTICS="1", WANDB_MODE="offline", AUTO_OPEN_DASHBOARD="false",
+               DVC_NO_ANALYTICS="1", WANDB_MODE="offline", AUTO_OPEN_DASHBOARD="false", ZENML_AUTO_OPEN_DASHBOARD="false",
                ZENML_REPOSITORY_PATH=str(tmp / "repo"), ZENML_CUSTOM_SOURCE_ROOT=str(ROOT),
                ZENML_LOGGING_COLORS_DISABLED="true", WANDB_DIR=str(tmp / "wandb"))
     (tmp / "repo").mkdir()
     subprocess.run([ZENML, "init", "--path", str(tmp / "repo")], env=env, check=True, capture_output=True,
                    cwd=ROOT, timeout=300)
-    yield env
-    shutil.rmtree(tmp, ignore_errors=True)
+    return env
 
 
-def tiny_config(tmp_path, data_path) -> dict:
+def tiny_config(tmp_path, data_path, gate=None) -> dict:
     """tests/pipelines/tiny.yaml with data.path, pairs.work_dir and distill.checkpoint_dir in temp folders."""
-    import yaml
-
     cfg = yaml.safe_load((ROOT / "tests" / "pipelines" / "tiny.yaml").read_text())
     p = cfg["parameters"]
     p["data"] = {"path": str(data_path)}
     p["pairs"] = {**p["pairs"], "work_dir": str(tmp_path / "pairs")}
     p["distill"] = {**p["distill"], "checkpoint_dir": str(tmp_path / "checkpoints")}
+    if gate:
+        p["gate"] = gate
     return cfg
 
 
@@ -42,3 +45,67 @@ def run_zenml(env, config) -> subprocess.CompletedProcess:
     """The README's command: zenml pipeline run pipelines.dmd2_pipeline -c <config>."""
     return subprocess.run([ZENML, "pipeline", "run", "pipelines.dmd2_pipeline", "-c", str(config)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+
+
+# What the tests read of a run, loaded from the store in one subprocess for all runs (newest last).
+INSPECT = r"""
+import json, pathlib, sys
+from zenml.client import Client
+def view(run):
+    steps = run.steps
+    out = {"id": str(run.id), "status": str(run.status), "steps": {n: str(s.status) for n, s in steps.items()},
+           "outputs": {n: sorted(s.outputs) for n, s in steps.items()}}
+    if "evaluate_student" not in steps or not str(run.status).endswith("completed"):
+        return out
+    out["metrics"] = steps["evaluate_student"].outputs["metrics"][0].load()
+    out["run_metadata"] = {k: v for k, v in run.run_metadata.items() if k != "lineage"}
+    out["gate"] = steps["quality_gate"].outputs["gate_decision"][0].load()
+    out["exported"] = sorted(p.name for p in steps["export_model"].outputs["exported_model"][0].load().iterdir())
+    out["model_stage"] = str(run.model_version.stage) if run.model_version else None
+    report = steps["report_step"].outputs["run_report"][0]
+    out["report"], out["report_viz"] = str(report.load()), [str(v.type) for v in report.visualizations]
+    out["wandb_run"] = steps["log_to_wandb"].outputs["output"][0].load()
+    out["history"] = steps["distill_step"].outputs["distill_history"][0].load()
+    student = steps["distill_step"].outputs["student"][0]
+    out["student_uri_files"] = sorted(p.name for p in pathlib.Path(student.uri).rglob("*") if p.is_file())
+    return out
+print(json.dumps([view(Client().get_pipeline_run(name)) for name in sys.argv[1:]]))
+"""
+
+
+def inspect_runs(env, names: list[str]) -> list[dict]:
+    """The named runs of the store (see INSPECT), in one subprocess."""
+    info = subprocess.run([sys.executable, "-c", INSPECT, *names], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert info.returncode == 0, info.stderr[-3000:]
+    return json.loads(info.stdout.strip().splitlines()[-1])
+
+
+def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
+    """Three tiny runs in `env`'s store -> {name: {"proc", "info", "data", "data_md5"}}:
+    'reject' (a gate no student passes), 'pass' (same data and teacher: cached; the gate passes and
+    promotes) and 'changed' (one pixel of the data changed: everything re-runs; passes)."""
+    from components.data.builtin import write_npz
+    from components.data.versioning import dvc_md5
+
+    data = tmp / "digits.npz"
+    shutil.copy(digits_npz, data)
+    runs = {}
+    for name, gate in (("reject", REJECT_GATE), ("pass", PASS_GATE), ("changed", PASS_GATE)):
+        if name == "changed":
+            with np.load(data) as z:
+                images, labels = z["images"].copy(), z["labels"].copy()
+            images[0, 3, 3, 0] ^= 1
+            write_npz(data, {"images": images, "labels": labels})
+        config, cfg = tmp / f"{name}.yaml", tiny_config(tmp, data, gate)
+        if name == "changed":                                  # the 'pass' run checks the ONNX copy; skip its ~15 s
+            cfg["parameters"]["export"] = {"onnx": False}
+        cfg["run_name"] = f"tiny_{name}_{uuid.uuid4().hex[:8]}"      # found again by name, whatever else ran
+        config.write_text(yaml.safe_dump(cfg))
+        # W&B is checked on the first run only (WANDB_MODE in the environment wins over tracking.wandb)
+        proc = run_zenml(env if name == "reject" else {**env, "WANDB_MODE": "disabled"}, config)
+        assert proc.returncode == 0, (name, (proc.stdout + proc.stderr)[-4000:])
+        runs[name] = {"proc": proc, "data": data, "data_md5": dvc_md5(data), "run_name": cfg["run_name"]}
+    for name, info in zip(runs, inspect_runs(env, [r["run_name"] for r in runs.values()])):
+        runs[name]["info"] = info
+    return runs

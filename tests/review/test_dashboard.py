@@ -1,9 +1,9 @@
 """Browser review: the local ZenML dashboard shows the latest dmd2_pipeline run and its report.
 
-The tiny dmd2_pipeline (tests/pipelines/tiny.yaml) runs twice in an isolated ZenML store
-(ZENML_CONFIG_PATH and the repository under tmp_path; nothing touches ~/.config/zenml or the
-repo's .zen): once with the default gate (the tiny student is rejected) and once with a gate it
-passes. Then `zenml login --local` starts the dashboard for that store and headless Debian
+The session's tiny dmd2_pipeline runs (tests/conftest.py `pipeline_runs`: rejected, passed, and
+passed again on changed data) live in an isolated ZenML store (ZENML_CONFIG_PATH and the repository
+under a temp folder; nothing touches ~/.config/zenml or the repo's .zen). `zenml login --local`
+starts the dashboard for that store and headless Debian
 chromium (Playwright, executable_path) finds the newest run in the pipeline's runs table, opens
 it, opens the run_report artifact's Visualization and checks the rendered report says PASSED.
 
@@ -12,14 +12,11 @@ screenshot fallback `render_html_screenshot` is only exercised by its own small 
 Needs chromium + playwright: `scripts/browser.sh` installs both (`make test` runs it).
 """
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.pipelines.conftest import ROOT, ZENML, run_zenml, tiny_config
 from tests.review import browser
 
 PIPELINE = "dmd2_pipeline"
@@ -38,33 +35,14 @@ def _shot_dir(tmp_path):
 
 
 @pytest.fixture
-def dmd2_store(tmp_path, digits_npz):
-    """Two tiny dmd2_pipeline runs in an isolated store; yields (env, repo_dir, id of the last run)."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    env = {**browser.zenml_env(tmp_path / "zenml_config", repo), "ZENML_CUSTOM_SOURCE_ROOT": str(ROOT),
-           "WANDB_DIR": str(tmp_path / "wandb"), "ZENML_LOGGING_COLORS_DISABLED": "true"}
-    subprocess.run([ZENML, "init", "--path", str(repo)], env=env, check=True, capture_output=True, cwd=ROOT,
-                   timeout=300)
-    cfg = tiny_config(tmp_path, digits_npz)
-    for name, gate in (("reject", None), ("pass", {"class_acc_min": None, "fid_ratio_max": 100.0})):
-        if gate:
-            cfg["parameters"]["gate"] = gate
-        config = tmp_path / f"{name}.yaml"
-        config.write_text(yaml.safe_dump(cfg))
-        r = run_zenml(env, config)
-        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    return env, repo
-
-
-@pytest.fixture
-def dashboard(dmd2_store):
-    """`zenml login --local` on a free port for the store; `zenml logout --local` after."""
-    env, repo = dmd2_store
+def dashboard(pipeline_runs, zenml_env):
+    """`zenml login --local` on a free port for the session's store (its newest run is the shared
+    'changed' run, which passed the gate); `zenml logout --local` after."""
+    repo = Path(zenml_env["ZENML_REPOSITORY_PATH"])
     try:
-        yield browser.start_local_server(env, cwd=repo)
+        yield browser.start_local_server(zenml_env, cwd=repo)
     finally:
-        browser.stop_local_server(env, cwd=repo)
+        browser.stop_local_server(zenml_env, cwd=repo)
 
 
 @needs_browser
