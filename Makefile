@@ -13,7 +13,7 @@ export AUTO_OPEN_DASHBOARD := false
 # pytest on two workers (pytest-xdist); tests/conftest.py groups the tests that share expensive fixtures
 PYTEST_ARGS := -q -n 2 --dist loadgroup
 
-.PHONY: install browser data run repro test benchmark kubeflow-compile clean
+.PHONY: install browser data fashion-mnist run repro test benchmark kubeflow-compile clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -28,12 +28,21 @@ install: $(BIN)/.installed
 	$(BIN)/zenml init
 
 # The built-in digits written into data/ - the same bytes on every machine, so the committed
-# data.dvc holds (the check below says so). Your own data: docs/data.md.
+# data/digits.npz.dvc holds (the check below says so). Your own data: docs/data.md.
 data/digits.npz: | $(BIN)/.installed
 	$(BIN)/python -m components.data.builtin --out $@
 
 data: data/digits.npz
-	$(BIN)/python -m components.data.versioning data
+	$(BIN)/python -m components.data.versioning data/digits.npz
+
+# Fashion-MNIST (the benchmark dataset) from Debian's dataset-fashion-mnist package (apt, installed if missing),
+# converted into data/fashion_mnist.npz (the official split kept; tracked by data/fashion_mnist.npz.dvc).
+data/fashion_mnist.npz: | $(BIN)/.installed
+	scripts/fashion_mnist.sh
+	$(BIN)/python -m components.data.fashion_mnist --out $@
+
+fashion-mnist: data/fashion_mnist.npz
+	$(BIN)/python -m components.data.versioning data/fashion_mnist.npz
 
 # The embedded default: digits -> validate -> teacher -> one-step DMD2 -> FIDs, on the active ZenML stack.
 run: install .zen data
@@ -49,6 +58,7 @@ browser: install
 
 # Component, step, pipeline, infra and browser tests (CPU; measured duration in docs/testing.md). No tests collected (exit 5) is a failure.
 test: install browser
+	scripts/fashion_mnist.sh >/dev/null   # Debian's Fashion-MNIST files: test_fashion_mnist checks the committed .dvc
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 

@@ -27,13 +27,15 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    path: str = "data/digits.npz"          # the dataset under data/ (tracked by data.dvc): an .npz or an image folder
+    path: str = "data/digits.npz"          # the dataset under data/ (tracked by data/<name>.dvc): an .npz or an image folder
     format: Literal["auto", "npz", "folder"] = "auto"   # auto: a folder is an image folder, *.npz is npz
     classes: Optional[tuple[str, ...]] = None  # declared classes (label i = classes[i]); None: folder names / npz labels
     resolution: Optional[int] = Field(None, ge=4, le=512)  # None: keep the source size (all must share one); else resize
     channels: Optional[Literal[1, 3]] = None   # None: keep the source's (all must share one); else convert
     eval_fraction: float = Field(0.25, gt=0.0, lt=1.0)  # held out of ALL training (teacher, features, student)
     split_seed: int = 0                    # seeded, class-stratified split: same seed, same split
+    split: Literal["auto", "seeded", "source"] = "auto"  # auto: the source's own split when it has one (an npz's
+                                           # is_eval, e.g. Fashion-MNIST's test set), else the seeded one
     min_per_class: int = Field(10, ge=1)   # validation: every declared class needs at least this many images
 
 

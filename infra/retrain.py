@@ -3,7 +3,7 @@
     python -m infra.retrain [--config configs/dmd2_local.yaml] [--force] [--dry-run]
     python -m infra.retrain schedule --cron "0 3 * * 1" [--config ...] [--dry-run]
 
-The first form compares this checkout (data.dvc's md5, the resolved `teacher` section of the
+The first form compares this checkout (the data's .dvc md5, the resolved `teacher` section of the
 config) with what the production version of the ZenML model `dmd2_student` recorded (the run's
 lineage metadata: `dvc_md5`, `data_md5`, `config.teacher`; teacher_step's `teacher_sha256` for a
 loaded teacher), prints the decision, and runs dmd2_pipeline when it says retrain (exit 0 with
@@ -67,7 +67,7 @@ def load_run_config(config_path: str) -> dict:
 
 
 def current_versions(cfg: dict) -> ModelVersions:
-    """What a run of `cfg` would be made of: data.dvc's md5 (or the data's own md5 when DVC does not
+    """What a run of `cfg` would be made of: the data's .dvc md5 (or the data's own md5 when DVC does not
     track it) and the teacher identity (a loaded teacher's weights are hashed)."""
     from components.data.versioning import dvc_md5, dvc_tracking
 

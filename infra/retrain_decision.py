@@ -4,7 +4,7 @@ Pure decision logic (no ZenML): `infra/retrain.py` reads the production model ve
 lineage from ZenML, builds both `ModelVersions` and asks `decide_retrain`.
 
 What is compared:
-- the data version: the md5 that data.dvc records for the data folder (DVC's content hash;
+- the data version: the md5 that the data's .dvc file (data/digits.npz.dvc) records (DVC's content hash;
   `components.data.versioning.dvc_tracking`), or, for data DVC does not track, the content md5 of
   the data path itself (`dvc_md5`). A run records both in its lineage (`dvc_md5`, `data_md5`).
 - the teacher identity: sha256 of the resolved `teacher` config section (what a trained teacher is
@@ -43,7 +43,7 @@ def teacher_identity(teacher: Mapping[str, Any], weights_sha256: str = "") -> st
 class ModelVersions:
     """What a model is made of. Empty strings mean "not recorded / unknown"."""
 
-    data_dvc_md5: str = ""                # data.dvc's md5 of the tracked data folder
+    data_dvc_md5: str = ""                # the md5 the data's .dvc file records
     data_md5: str = ""                    # content md5 of the data path (used when DVC does not track it)
     teacher: str = ""                     # teacher_identity(...)
     teacher_config: Optional[Mapping[str, Any]] = None   # the teacher section, to name changed keys
@@ -86,7 +86,7 @@ def _data_change(current: ModelVersions, production: ModelVersions) -> Optional[
     """A reason when the data differ (or cannot be compared), else None."""
     if current.data_dvc_md5 and production.data_dvc_md5:
         if current.data_dvc_md5 != production.data_dvc_md5:
-            return f"data changed {short(production.data_dvc_md5)}->{short(current.data_dvc_md5)} (data.dvc)"
+            return f"data changed {short(production.data_dvc_md5)}->{short(current.data_dvc_md5)} (the data's .dvc file)"
         return None
     if current.data_md5 and production.data_md5:
         if current.data_md5 != production.data_md5:
@@ -94,7 +94,7 @@ def _data_change(current: ModelVersions, production: ModelVersions) -> Optional[
         return None
     return "data version not comparable: the production model records " + (
         "no data version" if not (production.data_dvc_md5 or production.data_md5) else
-        "a data.dvc hash and this checkout's data is not tracked by DVC" if production.data_dvc_md5 else
+        "a .dvc hash of its data and this checkout's data is not tracked by DVC" if production.data_dvc_md5 else
         "only the data file's hash and this checkout tracks the data with DVC")
 
 

@@ -23,7 +23,8 @@ from components.data.manifest import empty_row, finish
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
-NPZ_LAYOUT = "'images' (N, H, W, C) uint8 with C 1 or 3, and 'labels' (N,) integers"
+NPZ_LAYOUT = ("'images' (N, H, W, C) uint8 with C 1 or 3, 'labels' (N,) integers; optional 'is_eval' (N,) "
+              "booleans (the source's held-out split) and 'class_names' (K,) strings")
 
 
 def data_format(cfg: DataConfig) -> str:
@@ -102,6 +103,7 @@ def _open_npz(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
             if missing:
                 raise ConfigError(f"data.path '{path}': missing array {missing[0]!r} (expected {NPZ_LAYOUT})")
             images, labels = z["images"], z["labels"]
+            is_eval = z["is_eval"] if "is_eval" in z.files else None
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - a zip/npy decoding failure
@@ -119,11 +121,26 @@ def _open_npz(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
         raise ConfigError(f"data.path '{path}': 'images' has {len(images)} rows but 'labels' has {len(labels)}")
     if len(images) == 0:
         raise ConfigError(f"data.path '{path}': no images (expected {NPZ_LAYOUT})")
+    if is_eval is not None and (is_eval.shape != labels.shape or is_eval.dtype != bool):
+        raise ConfigError(f"data.path '{path}': 'is_eval' has shape {is_eval.shape} dtype {is_eval.dtype} "
+                          f"(expected {len(labels)} booleans)")
     return images, labels.astype(np.int64)
 
 
+def _npz_extra(path: str, name: str):
+    """An optional array of the npz ('is_eval', 'class_names'), read alone (None when absent)."""
+    with np.load(path, allow_pickle=False) as z:
+        return z[name] if name in z.files else None
+
+
 def _npz_classes(cfg: DataConfig, labels: np.ndarray) -> list[str]:
-    return list(cfg.classes) if cfg.classes else [str(i) for i in range(max(int(labels.max()) + 1, 1))]
+    """data.classes, else the npz's own class_names, else "0", "1", ... up to the largest label."""
+    if cfg.classes:
+        return list(cfg.classes)
+    names = _npz_extra(cfg.path, "class_names")
+    if names is not None:
+        return [str(n) for n in names]
+    return [str(i) for i in range(max(int(labels.max()) + 1, 1))]
 
 
 def _scan_npz(cfg: DataConfig) -> tuple[list[dict], list[str]]:
@@ -138,11 +155,23 @@ def _scan_npz(cfg: DataConfig) -> tuple[list[dict], list[str]]:
     return rows, classes
 
 
+def source_split(cfg: DataConfig) -> np.ndarray | None:
+    """The source's own held-out split (an npz's is_eval) when data.split asks for it, else None."""
+    own = _npz_extra(cfg.path, "is_eval") if data_format(cfg) == "npz" and cfg.split != "seeded" else None
+    if own is None and cfg.split == "source":
+        raise ConfigError(f"data.split 'source': '{cfg.path}' carries no split of its own (an npz 'is_eval' "
+                          "array); use data.split: seeded")
+    return own
+
+
 def build_manifest(cfg: DataConfig) -> pd.DataFrame:
-    """Scan cfg.path -> the manifest, with the seeded class-stratified split."""
+    """Scan cfg.path -> the manifest, with the source's own split (data.split) or the seeded
+    class-stratified one."""
     rows, _ = (_scan_folder if data_format(cfg) == "folder" else _scan_npz)(cfg)
     labels = np.array([r["label"] for r in rows], dtype=np.int64)
-    return finish(rows, stratified_split(labels, cfg.eval_fraction, cfg.split_seed))
+    own = source_split(cfg)
+    return finish(rows, own.astype(bool) if own is not None else
+                  stratified_split(labels, cfg.eval_fraction, cfg.split_seed))
 
 
 def declared_classes(cfg: DataConfig, manifest: pd.DataFrame) -> list[str]:
@@ -151,6 +180,9 @@ def declared_classes(cfg: DataConfig, manifest: pd.DataFrame) -> list[str]:
         return list(cfg.classes)
     if data_format(cfg) == "folder":
         return sorted(set(manifest["class_name"]))
+    names = _npz_extra(cfg.path, "class_names")
+    if names is not None:
+        return [str(n) for n in names]
     return [str(i) for i in range(int(manifest["label"].max()) + 1)] if len(manifest) else []
 
 

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m components.data.versioning [path]`: does the data on disk match its .dvc file?"""
     import sys
 
-    path = (argv if argv is not None else sys.argv[1:]) or ["data"]
+    path = (argv if argv is not None else sys.argv[1:]) or ["data/digits.npz"]
     info = data_lineage(path[0])
     if not info["dvc_file"]:
         print(f"{path[0]}: md5 {info['data_md5']}; not tracked by DVC (run `dvc add {path[0]}`)")

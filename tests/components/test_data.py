@@ -39,11 +39,11 @@ def test_split_is_seeded():
 
 
 def test_materialised_digits_match_the_committed_data_dvc(tmp_path):
-    """The same bytes on every machine: the hash DVC recorded in data.dvc."""
+    """The same bytes on every machine: the hash DVC recorded in data/digits.npz.dvc."""
     materialize_digits(tmp_path / "data" / "digits.npz")
-    committed = yaml.safe_load((ROOT / "data.dvc").read_text())["outs"][0]
-    assert committed["path"] == "data"
-    assert dvc_md5(tmp_path / "data") == committed["md5"]
+    committed = yaml.safe_load((ROOT / "data" / "digits.npz.dvc").read_text())["outs"][0]
+    assert committed["path"] == "digits.npz"
+    assert dvc_md5(tmp_path / "data" / "digits.npz") == committed["md5"]
     with np.load(tmp_path / "data" / "digits.npz", allow_pickle=False) as z:
         assert z["images"].shape == (1797, 8, 8, 1) and z["images"].dtype == np.uint8
         assert z["labels"].shape == (1797,)
@@ -232,10 +232,16 @@ def test_data_check_says_whether_data_matches_data_dvc(tmp_path, capsys, monkeyp
     from components.data.versioning import main
 
     materialize_digits(tmp_path / "data" / "digits.npz")
-    (tmp_path / "data.dvc").write_text((ROOT / "data.dvc").read_text())
+    (tmp_path / "data" / "digits.npz.dvc").write_text((ROOT / "data" / "digits.npz.dvc").read_text())
     monkeypatch.chdir(tmp_path)
-    main(["data"])
-    assert "data: matches data.dvc" in capsys.readouterr().out
-    (tmp_path / "data" / "extra.txt").write_text("x")
-    main(["data"])
-    assert "differs from data.dvc" in capsys.readouterr().out
+    main(["data/digits.npz"])
+    assert "data/digits.npz: matches data/digits.npz.dvc" in capsys.readouterr().out
+    (tmp_path / "data" / "extra.npz").write_text("x")                  # another dataset beside it: no change
+    main(["data/digits.npz"])
+    assert "matches data/digits.npz.dvc" in capsys.readouterr().out
+    with np.load(tmp_path / "data" / "digits.npz") as z:
+        images, labels = z["images"].copy(), z["labels"]
+    images[0, 0, 0, 0] ^= 1
+    write_npz(tmp_path / "data" / "digits.npz", {"images": images, "labels": labels})
+    main(["data/digits.npz"])
+    assert "differs from data/digits.npz.dvc" in capsys.readouterr().out

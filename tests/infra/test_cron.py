@@ -105,7 +105,7 @@ def test_unchanged():
 
 def test_data_changed():
     d = decide_retrain(versions(data="bbbb2222.dir"), versions(data="aaaa1111.dir"))
-    assert d.retrain and d.reasons == ("data changed aaaa1111->bbbb2222 (data.dvc)",)
+    assert d.retrain and d.reasons == ("data changed aaaa1111->bbbb2222 (the data's .dvc file)",)
 
 
 def test_teacher_changed_names_keys():
