@@ -12,7 +12,7 @@ from components.diffusion import EDMDenoiser, edm_training_sigmas, karras_sigmas
 from components.diffusion.denoiser import Denoiser
 from components.diffusion.losses import edm_loss
 from components.nets import build_unet
-from components.training import BatchSampler, ema_copy, ema_update, seed_everything
+from components.training import BatchSampler, ema_model, seed_everything
 
 
 def build_teacher(cfg: TeacherConfig, num_classes: int, channels: int, resolution: int) -> EDMDenoiser:
@@ -34,7 +34,7 @@ def train_teacher(cfg: TeacherConfig, data: ImageDataset, device: torch.device |
     g = seed_everything(cfg.seed)
     C, H, _ = data.shape
     model = build_teacher(cfg, data.num_classes, C, H).to(device).train()
-    ema = ema_copy(model)
+    ema = ema_model(model, cfg.ema_decay)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     images, labels = data.split("train")
     batches = BatchSampler(images, labels, batch_size=min(cfg.batch_size, len(images)), generator=g)
@@ -50,11 +50,11 @@ def train_teacher(cfg: TeacherConfig, data: ImageDataset, device: torch.device |
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        ema_update(ema, model, cfg.ema_decay, step=len(losses))
+        ema.update_parameters(model)
         losses.append(loss.item())
         if len(losses) % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
-    return ema.cpu().eval(), losses
+    return ema.module.cpu().eval(), losses
 
 
 def get_teacher(cfg: TeacherConfig, data: ImageDataset, device="cpu",

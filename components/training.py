@@ -1,12 +1,12 @@
 """Small training utilities shared by the teacher, the feature net and every method."""
 from __future__ import annotations
 
-import copy
 import random
 
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -24,22 +24,21 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def ema_copy(model: nn.Module) -> nn.Module:
-    ema = copy.deepcopy(model).eval()
-    ema.requires_grad_(False)
+def ema_model(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of `model`: torch's AveragedModel (call `.update_parameters(model)`
+    after each optimiser step; `.module` is the averaged network). Its update counter n is a buffer, so
+    a checkpoint resumes the same average. Update 0 copies the model; update n >= 1 is
+    theta_ema <- d theta_ema + (1 - d) theta with d = min(decay, (1 + n) / (10 + n)) - a warm-up, so a
+    short run's EMA is not dominated by its first weights. Buffers are not averaged (the denoisers
+    here have none)."""
+    def average(ema_params, params, n):                     # AveragedModel's multi_avg_fn
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        for p_e, p in zip(ema_params, params):
+            p_e.lerp_(p, 1.0 - d)
+
+    ema = AveragedModel(model, multi_avg_fn=average)
+    ema.eval().requires_grad_(False)
     return ema
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int | None = None) -> None:
-    """theta_ema <- d * theta_ema + (1 - d) * theta, d = min(decay, (1 + step) / (10 + step)) when
-    `step` is given (warm-up, so a short run's EMA is not dominated by its first weights)."""
-    if step is not None:
-        decay = min(decay, (1.0 + step) / (10.0 + step))
-    for p_e, p in zip(ema.parameters(), model.parameters()):
-        p_e.lerp_(p.detach(), 1.0 - decay)
-    for b_e, b in zip(ema.buffers(), model.buffers()):
-        b_e.copy_(b)
 
 
 class BatchSampler:

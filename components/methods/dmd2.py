@@ -29,7 +29,7 @@ from components.diffusion import karras_sigmas
 from components.diffusion.denoiser import Denoiser, state_hash
 from components.diffusion.losses import edm_loss
 from components.methods.interface import Method
-from components.training import ema_copy, ema_update
+from components.training import ema_model
 
 
 class DMD2Config(DistillConfig):
@@ -143,7 +143,7 @@ class DMD2(Method):
         self.real = copy.deepcopy(teacher).to(dev).eval().requires_grad_(False)   # mu_real, frozen
         self.fake = copy.deepcopy(teacher).to(dev).train().requires_grad_(True)   # mu_fake
         self.G = copy.deepcopy(teacher).to(dev).train().requires_grad_(True)      # generator
-        self.G_ema = ema_copy(self.G) if cfg.ema_decay > 0 else None
+        self.G_ema = ema_model(self.G, cfg.ema_decay) if cfg.ema_decay > 0 else None   # AveragedModel
         self.gan = cfg.w_gen > 0 or cfg.w_D > 0
         with torch.no_grad():
             C, H, W = data.shape
@@ -202,7 +202,7 @@ class DMD2(Method):
             return x, s[0]
         if not self.cfg.backward_simulation:
             return batch["real"].to(self.device) + s[k] * self._randn(x.shape), s[k]
-        net = self.G_ema if self.cfg.rollout_model == "ema" and self.G_ema is not None else self.G
+        net = self.G_ema.module if self.cfg.rollout_model == "ema" and self.G_ema is not None else self.G
         with torch.no_grad(), self._autocast():
             for i in range(k):
                 x = net(x, s[i], y).float() + s[i + 1] * self._randn(x.shape)
@@ -231,9 +231,9 @@ class DMD2(Method):
         p, s0 = self.pairs, self.student_sigmas[0]
         return (p.noise[idx].to(self.device) * s0, p.labels[idx].to(self.device), p.images[idx].to(self.device))
 
-    def _ema(self, g_updates: int) -> None:
+    def _ema(self) -> None:
         if self.G_ema is not None:
-            ema_update(self.G_ema, self.G, self.cfg.ema_decay, step=g_updates)
+            self.G_ema.update_parameters(self.G)
 
     # -- one iteration -------------------------------------------------------------------------
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -244,7 +244,7 @@ class DMD2(Method):
             x_T, y_p, x_ref = self._pairs_batch(len(batch["noise"]))
             loss = regression_loss(self._G(x_T, self.student_sigmas[0], y_p), x_ref).mean()
             if self._update(loss, G_params, self.opt_G, self.sched_G, "G", logs):
-                self._ema(self.step)
+                self._ema()
             logs["loss_warm_start"] = loss.item()
             return self._finish(logs)
         y = batch["class_labels"].to(self.device)
@@ -273,7 +273,7 @@ class DMD2(Method):
                 loss_G = loss_G + cfg.regression_weight * loss_reg
                 logs["loss_reg"] = loss_reg.item()
             if self._update(loss_G, G_params, self.opt_G, self.sched_G, "G", logs):
-                self._ema(it // cfg.dfake_gen_update_ratio)
+                self._ema()
         # critic turn, every iteration: mu_fake learns the generator's current distribution; D tells
         # the generator's samples from real training images
         x0 = x0.detach()
@@ -312,7 +312,7 @@ class DMD2(Method):
 
     # -- the student, checkpoints ---------------------------------------------------------------
     def student(self) -> Denoiser:
-        G = copy.deepcopy(self.G_ema if self.G_ema is not None else self.G).cpu().eval()
+        G = copy.deepcopy(self.G_ema.module if self.G_ema is not None else self.G).cpu().eval()
         G.requires_grad_(False)
         G.sampling = {"sampler": "fewstep", "sigmas": [round(s, 6) for s in self.student_sigmas] + [0.0]}
         return G
