@@ -139,7 +139,7 @@ class GateConfig(Section):
 class ExportConfig(Section):
     path: Optional[str] = None              # also copy the exported folder here (the artifact is always stored)
     overwrite: bool = False                 # replace a non-empty path; refused otherwise
-    onnx: bool = True                       # also onnx/model.onnx for a one-step student (~10-20 s on 2 CPUs)
+    onnx: bool = True                       # also onnx/model.onnx for a one-step student (the slow part of an export)
 
 
 class TrackingConfig(Section):

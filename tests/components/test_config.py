@@ -129,3 +129,17 @@ def test_no_import_cycle_in_the_library():
     finally:
         sys.path.pop(0)
     assert cycles(["components"]) == []
+
+
+def test_the_library_imports_no_orchestration_package():
+    """components/ is callable without a stack: no module of it imports zenml, dvc, kfp or kubernetes."""
+    import ast
+
+    banned = {"zenml", "dvc", "kfp", "kubernetes"}
+    found = []
+    for path in (ROOT / "components").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in banned]
+    assert not found, found
