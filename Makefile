@@ -11,7 +11,7 @@ export GX_ANALYTICS_ENABLED := false
 export AUTO_OPEN_DASHBOARD := false
 
 # pytest on two workers (pytest-xdist); tests/conftest.py groups the tests that share expensive fixtures
-PYTEST_ARGS := -q -n 2 --dist loadgroup
+PYTEST_ARGS := -q -rs -n 2 --dist loadgroup
 
 .PHONY: install browser data fashion-mnist run repro test benchmark kubeflow-compile clean
 
