@@ -71,20 +71,26 @@ def merge(base: dict, override: Any) -> dict:
     return out
 
 
-def read_params(params_file: str) -> dict:
-    """The parameter file as a mapping of sections (unvalidated); one-line errors naming the file."""
+def read_yaml(path: str | Path, label: str, expected: str) -> Any:
+    """A YAML file's content; a missing or unparsable file is a ConfigError naming `label` (e.g.
+    "params file 'params.yaml'") and what it should be (`expected`)."""
     import yaml
 
-    path = Path(params_file)
+    path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"params file '{params_file}': no such file (expected a YAML mapping with "
-                          f"sections {', '.join(SECTIONS)})")
+        raise ConfigError(f"{label}: no such file (expected {expected})")
     try:
-        base = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"params file '{params_file}': not valid YAML{where}") from None
+        raise ConfigError(f"{label}: not valid YAML{where}") from None
+
+
+def read_params(params_file: str) -> dict:
+    """The parameter file as a mapping of sections (unvalidated); one-line errors naming the file."""
+    base = read_yaml(params_file, f"params file '{params_file}'",
+                     f"a YAML mapping with sections {', '.join(SECTIONS)}") or {}
     if not isinstance(base, dict):
         raise ConfigError(f"params file '{params_file}': expected a mapping of sections, got {type(base).__name__}")
     unknown = sorted(set(base) - set(SECTIONS))

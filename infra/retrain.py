@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any, Optional
 
 from infra.cron import cron_for
@@ -42,19 +41,14 @@ class RetrainError(Exception):
 
 def load_run_config(config_path: str) -> dict:
     """The pipeline's resolved sections for a ZenML run config file (as dmd2_pipeline resolves them)."""
-    import yaml
-
     from components.config import ConfigError
-    from components.params import load_params
+    from components.params import load_params, read_yaml
 
-    path = Path(config_path)
-    if not path.is_file():
-        raise RetrainError(f"--config '{config_path}': no such file (expected a ZenML run config such as "
-                           f"{DEFAULT_CONFIG})")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        raise RetrainError(f"--config '{config_path}': not valid YAML") from None
+        raw = read_yaml(config_path, f"--config '{config_path}'",
+                        f"a ZenML run config such as {DEFAULT_CONFIG}") or {}
+    except ConfigError as exc:
+        raise RetrainError(str(exc)) from None
     params = (raw.get("parameters") or {}) if isinstance(raw, dict) else None
     if not isinstance(params, dict):
         raise RetrainError(f"--config '{config_path}': expected a mapping with a 'parameters' mapping")

@@ -78,6 +78,16 @@ def tiny_teacher(digits, tiny_teacher_cfg):
     return teacher
 
 
+@pytest.fixture
+def one_thread():
+    """In-process runs on one intra-op thread, as the launched subprocesses (OMP_NUM_THREADS=1): the
+    same float summation order as theirs, and faster for these tiny nets."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def write_image_folder(root, classes=("cat", "dog"), n=12, size=(10, 10), mode="RGB", seed=0):
     """root/<class>/<i>.png of seeded random pixels: a valid image-folder dataset."""
     from PIL import Image

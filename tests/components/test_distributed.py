@@ -45,15 +45,6 @@ def test_world_shards_a_global_batch_like_one_process():
         World(0, 3).shard(t)
 
 
-@pytest.fixture
-def one_thread():
-    """In-process stage runs on one intra-op thread, as the launched processes (OMP_NUM_THREADS=1)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def stage_inputs(tmp_path_factory, digits_npz, digits, tiny_teacher):
     """params.yaml, dataset, feature net and a tiny teacher in the folders the distill stage reads:

@@ -69,15 +69,6 @@ def inputs(tiny_teacher, digits, tmp_path_factory):
     return d / "dataset", d / "teacher"
 
 
-@pytest.fixture
-def one_thread():
-    """In-process runs on one intra-op thread (as the subprocesses): faster for these tiny nets."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _networks(m) -> dict:
     nets = {"G": m.G, "fake": m.fake, "G_ema": m.G_ema, "D": m.D}
     return {f"{n}.{k}": v for n, net in nets.items() for k, v in net.state_dict().items()}
