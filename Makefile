@@ -13,7 +13,7 @@ export AUTO_OPEN_DASHBOARD := false
 # pytest on two workers (pytest-xdist); tests/conftest.py groups the tests that share expensive fixtures
 PYTEST_ARGS := -q -rs -n 2 --dist loadgroup
 
-.PHONY: install browser data fashion-mnist run repro test benchmark kubeflow-compile clean
+.PHONY: install browser data fashion-mnist run repro test benchmark leaderboard kubeflow-compile clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -64,6 +64,10 @@ test: install browser
 
 benchmark: install
 	$(BIN)/python benchmarks/quality.py
+
+# the leaderboard (benchmarks/leaderboard.yaml): docs/results/<dataset>.json, pictures and docs/results.md
+leaderboard: install data/digits.npz
+	$(BIN)/python benchmarks/leaderboard.py --write-docs
 
 # dmd2_pipeline compiled by ZenML's Kubeflow orchestrator to a KFP v2 YAML, offline (no cluster, no Docker):
 # infra/kubeflow/ (docs/kubernetes.md). It hashes data/ as a run would, so it needs the data.

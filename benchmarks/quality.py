@@ -1,4 +1,5 @@
-"""Quality benchmark of the embedded default: runs dmd2_pipeline (reusing cached teacher,
+"""One pipeline run, scored over sampling seeds (the leaderboard, benchmarks/leaderboard.py, is the
+benchmark of record and writes docs/results.md): runs dmd2_pipeline (reusing cached teacher,
 feature net, pairs and data when the store has them), then evaluates teacher and student in THIS
 process over several sampling seeds. Prints a markdown table, and one JSON object as the last line.
 
@@ -9,27 +10,23 @@ process over several sampling seeds. Prints a markdown table, and one JSON objec
                                                        #   online G rolling out (same artifacts)
     python benchmarks/quality.py --fresh               # empty ZenML store: teacher training included
     python benchmarks/quality.py --throughput          # distillation images/s + peak memory (GPU: bf16)
-    python benchmarks/quality.py --ablation --write-docs   # also render docs/results.md from this run
-    python benchmarks/quality.py --from-json res.json      # no run: re-render docs/results.md from a saved JSON line
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import resource
-import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS_PAGE = "docs/results.md"                   # --write-docs / --from-json default, relative to ROOT
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.provenance import provenance, utc_now  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -51,16 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, default=3, help="sampling seeds (mean and std over them)")
     p.add_argument("--num-samples", type=int, default=None, help="override evaluation.num_samples")
     p.add_argument("--out", default=None, help="also write the JSON here")
-    p.add_argument("--write-docs", nargs="?", const=DOCS_PAGE, default=None, metavar="PATH",
-                   help=f"after the run, also render the results page PATH (default {DOCS_PAGE} in the checkout): "
-                   "date, machine, commit, command line, the table and its footer")
-    p.add_argument("--from-json", default=None, metavar="FILE",
-                   help=f"run nothing: re-render the --write-docs page (default {DOCS_PAGE}) from the JSON line "
-                   "(the last line) of FILE, as an earlier run printed it or wrote it with --out; the page keeps "
-                   "that run's date, machine and commit")
     args = p.parse_args(argv)
-    if args.throughput and (args.write_docs or args.from_json):
-        p.error("--throughput results have no docs page: drop --write-docs / --from-json")
     return args
 
 
@@ -243,7 +231,8 @@ def evaluate(args, run, ctx: Context, pipeline_seconds: float, config: str) -> d
     distill_seconds = float(steps["distill_step"].run_metadata.get("distill_seconds", float("nan")))
     variants = {"full": (args.steps, None)}
     if args.ablation:
-        wanted = [v.strip() for v in args.variants.split(",")] if args.variants else [k for k in VARIANTS if k != "full"]
+        wanted = ([v.strip() for v in args.variants.split(",")] if args.variants
+                  else [k for k in VARIANTS if k != "full"])
         unknown = [w for w in wanted if w not in VARIANTS]
         if unknown:
             raise SystemExit(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
@@ -268,7 +257,7 @@ def evaluate(args, run, ctx: Context, pipeline_seconds: float, config: str) -> d
         "student_fid_std": main_row["fid_std"], "fid_ratio": main_row["fid_ratio"],
         "teacher_nfe": teacher["nfe"], "student_nfe": main_row["nfe"], "distill_seconds": distill_seconds,
         "sampling_speedup": teacher["sampling_seconds"] / main_row["sampling_seconds"],
-        "real_floor_fid": real_floor(ctx.refs)["fid"], "feature_net": ctx.fnet.name, "num_samples": ctx.n,
+        "real_floor_fid": real_floor(ctx.refs, ctx.n)["fid"], "feature_net": ctx.fnet.name, "num_samples": ctx.n,
         "seeds": args.seeds, "pipeline_seconds": pipeline_seconds,
         "teacher_cached": str(steps["teacher_step"].status) in ("cached", "ExecutionStatus.CACHED"),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -278,8 +267,7 @@ def evaluate(args, run, ctx: Context, pipeline_seconds: float, config: str) -> d
 
 
 def report_table(result: dict) -> str:
-    """The markdown table of a result: header, the teacher's row, one row per variant (no trailing newline).
-    The one rendering of the figures: stdout (print_report) and the docs page (results_page) both use it."""
+    """The markdown table of a result: header, the teacher's row, one row per variant (no trailing newline)."""
     teacher, rows = result["teacher"], result["rows"]
     header = (f"| model | steps (NFE) | FID (eval split), mean of {result['seeds']} seeds | std | FID / teacher "
               "| KID | class acc | distill s | p50 ms/image | images/s |")
@@ -312,113 +300,9 @@ def print_report(result: dict, out: str | None = None) -> None:
     print(line)
 
 
-def _utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def machine() -> str:
-    """This machine in words, without its host name: OS/kernel, CPU model and count, torch threads, CUDA device."""
-    import torch
-
-    cpu = ""
-    try:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "")
-    except OSError:
-        pass
-    try:
-        ncpu = len(os.sched_getaffinity(0))                      # what nproc says: the CPUs this process may use
-    except AttributeError:
-        ncpu = os.cpu_count()
-    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    threads = torch.get_num_threads()
-    cpu = cpu or platform.processor() or "unknown"
-    return (f"{platform.platform()}, Python {platform.python_version()}; CPU: {cpu}, {ncpu} available; "
-            f"torch {torch.__version__}, {threads} thread{'s' if threads != 1 else ''}; CUDA: {cuda}")
-
-
-def git_commit() -> str:
-    """HEAD of the checkout, + ' (dirty)' when tracked files differ from it; 'unknown' outside git."""
-    def git(*a):
-        return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        head = git("rev-parse", "HEAD")
-        return head + (" (dirty)" if git("status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-
-
-def provenance(argv: list[str]) -> dict:
-    """Taken when the benchmark starts (the code and machine that produce the figures) and stored in the
-    result's JSON, so that a page re-rendered later (--from-json) names the original run."""
-    return {"started_utc": _utc_now(), "machine": machine(), "commit": git_commit(), "argv": list(argv)}
-
-
-def results_page(result: dict) -> str:
-    """docs/results.md: who wrote the figures (date, machine, commit, command), the table, its footer facts."""
-    prov = result.get("provenance")
-    if not prov or "rows" not in result:
-        raise SystemExit("no docs page: the result has no provenance (date, machine, commit) or no table rows; "
-                         "run benchmarks/quality.py again (with --write-docs or --out)")
-    command = shlex.join(["python", "benchmarks/quality.py", *prov["argv"]])
-    sha, dirty = prov["commit"].partition(" ")[::2]                    # "<sha>" or "<sha> (dirty)"
-    written = (f"Written by `benchmarks/quality.py` on {prov.get('finished_utc', prov['started_utc'])} on "
-               f"{prov['machine']}, at commit `{sha}`{' ' + dirty if dirty else ''}.")
-    generated = ("Generated: do not edit by hand. Rerun the benchmark with `--write-docs`, or re-render a saved "
-                 "JSON line with `--from-json FILE` (see [benchmark.md](benchmark.md)).")
-    samples = (f"- Samples per seed: {result['num_samples']} (class-balanced), mean and std over "
-               f"{result['seeds']} sampling seeds")
-    lines = [
-        "# Benchmark results",
-        "",
-        written,
-        generated,
-        "",
-        f"Command: `{command}`",
-        "",
-        report_table(result),
-        "",
-        f"- Feature net: {result['feature_net']}",
-        samples,
-        f"- Reference: {result['reference']}",
-        f"- Real floor (FID of the real train split vs the eval split): {result['real_floor_fid']:.3f}",
-    ]
-    if len(result["rows"]) > 1:
-        lines.append("- Rows after the first are ablation variants, distilled in the benchmark's process after "
-                     "the pipeline run on the same artifacts; their distill seconds are not clean timings")
-    return "\n".join(lines) + "\n"
-
-
-def write_docs(result: dict, path: str) -> Path:
-    """Render results_page(result) to `path`, atomically. The default path is taken under the checkout,
-    any other relative to the working directory."""
-    from components.atomic import write_text
-
-    target = ROOT / path if path == DOCS_PAGE else Path(path)
-    write_text(target, results_page(result))
-    print(f"wrote {target}", file=sys.stderr)
-    return target
-
-
-def load_result(path: str) -> dict:
-    """The result dict from the last line of a file an earlier run printed or wrote with --out."""
-    try:
-        lines = Path(path).read_text().strip().splitlines()
-        result = json.loads(lines[-1]) if lines else None
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"--from-json {path}: cannot read a JSON line from it ({e})")
-    if not isinstance(result, dict):
-        raise SystemExit(f"--from-json {path}: its last line is not a benchmark result (JSON object)")
-    return result
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    if args.from_json:
-        result = load_result(args.from_json)
-        write_docs(result, args.write_docs or DOCS_PAGE)
-        return result
     if args.throughput:
         result = throughput()
         print(json.dumps(result))
@@ -426,12 +310,8 @@ def main(argv=None) -> dict:
     prov = provenance(sys.argv[1:] if argv is None else argv)
     run, ctx, pipeline_seconds, config = query(args)
     result = evaluate(args, run, ctx, pipeline_seconds, config)
-    result["provenance"] = {**prov, "finished_utc": _utc_now()}
-    if args.write_docs:
-        results_page(result)                       # fail before printing if the page cannot be made
+    result["provenance"] = {**prov, "finished_utc": utc_now()}
     print_report(result, args.out)
-    if args.write_docs:
-        write_docs(result, args.write_docs)
     return result
 
 

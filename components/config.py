@@ -90,7 +90,8 @@ class ExtractorConfig(Section):
 
 
 class EvalConfig(Section):
-    num_samples: int = Field(5000, ge=10)  # generated images per FID (balanced over classes)
+    num_samples: int = Field(5000, ge=10)  # images per FID, every FID of a run: teacher, student, checkpoints, the
+                                           # FID-vs-NFE points and the real floor (balanced over classes)
     batch_size: int = Field(500, ge=1)
     seed: int = 0                          # sampling seed of the pipeline's evaluate step
     grid_per_class: int = Field(8, ge=1)   # columns of the sample grid picture
@@ -117,8 +118,8 @@ class DistillConfig(Section):
     device: str = "auto"                   # 'auto' = CUDA when present, else CPU
     log_every: int = Field(50, ge=1)       # history / progress-bar granularity (iterations)
     fid_every: int = Field(300, ge=0)      # FID of the student at checkpoints every this many iterations (a
-                                           # multiple of log_every; 0: off) - in the history, W&B and plots
-    fid_samples: int = Field(1000, ge=10)  # samples per checkpoint FID (fewer than the final evaluation's)
+                                           # multiple of log_every; 0: off) - in the history, W&B and plots; on
+                                           # evaluation.num_samples samples, like every FID of a run
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a CUDA device with bf16, else fp32
     max_bad_steps: int = Field(5, ge=1)    # NaN/inf guard: a bad step is skipped and logged; this many in a row stop
     checkpoint_every: int = Field(300, ge=0)  # save everything needed to resume every this many iterations (0: off;
@@ -130,7 +131,9 @@ class DistillConfig(Section):
 
 class GateConfig(Section):
     fid_max: Optional[float] = Field(None, gt=0)          # absolute ceiling on the student's FID (eval split)
-    fid_ratio_max: Optional[float] = Field(2.0, gt=0)     # student FID / teacher FID at most this
+    fid_ratio_max: Optional[float] = Field(None, gt=0)    # student FID / teacher FID at most this
+    excess_fid_ratio_max: Optional[float] = Field(3.0, gt=0)  # (student FID - floor) / (teacher FID - floor) at
+                                          # most this: how much further above the real-vs-real floor than the teacher
     class_acc_min: Optional[float] = Field(0.9, ge=0, le=1)  # floor on the student's class accuracy (None: off)
     beat_production: bool = True            # FID no worse than the production model's on the same references
     promote_to: Literal["staging", "production"] = "staging"  # stage of the ZenML model version on a pass
@@ -140,6 +143,14 @@ class ExportConfig(Section):
     path: Optional[str] = None              # also copy the exported folder here (the artifact is always stored)
     overwrite: bool = False                 # replace a non-empty path; refused otherwise
     onnx: bool = True                       # also onnx/model.onnx for a one-step student (the slow part of an export)
+
+
+class ComputeConfig(Section):
+    """How every stage runs on this machine (not what it computes)."""
+
+    threads: int = Field(2, ge=0)          # torch intra-op CPU threads in every stage and step (0: torch's default,
+                                           # one per core). Float sums run in a thread-count-dependent order: the
+                                           # same params give the same bytes only at the same count (docs/dvc.md)
 
 
 class TrackingConfig(Section):

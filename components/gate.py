@@ -1,7 +1,9 @@
 """Quality gate: promote a student only when it is measurably good.
 
 Rules (each optional, see GateConfig): an absolute FID ceiling, a ceiling on student/teacher FID,
-a class-accuracy floor, and "no worse than the production model" with the production student
+a ceiling on the excess-FID ratio (how many times further above the real-vs-real floor than the
+teacher: raw FID ratios look kind when the floor is a large part of both FIDs), a class-accuracy
+floor, and "no worse than the production model" with the production student
 scored on the same reference statistics as this run. The decision lists every check with its
 value and threshold, so a rejection says why.
 """
@@ -12,17 +14,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from components.config import ConfigError, GateConfig
+from components.metrics.summary import excess_fid_ratio
 
 
 def check_gate_config(cfg: GateConfig) -> None:
     """Thresholds that cannot work together are an error before anything runs."""
-    if cfg.fid_max is None and cfg.fid_ratio_max is None and cfg.class_acc_min is None and not cfg.beat_production:
-        raise ConfigError("config field 'gate': every rule is off (fid_max, fid_ratio_max, class_acc_min null and "
-                          "beat_production false) - a gate that passes anything; set at least one rule")
-    if cfg.promote_to == "production" and not cfg.beat_production and cfg.fid_max is None \
-            and cfg.fid_ratio_max is None:
-        raise ConfigError("config field 'gate.promote_to': 'production' needs an FID rule (fid_max, fid_ratio_max "
-                          "or beat_production) so a worse model cannot replace the current one")
+    fid_rules = (cfg.fid_max, cfg.fid_ratio_max, cfg.excess_fid_ratio_max)
+    if all(r is None for r in fid_rules) and cfg.class_acc_min is None and not cfg.beat_production:
+        raise ConfigError("config field 'gate': every rule is off (fid_max, fid_ratio_max, excess_fid_ratio_max, "
+                          "class_acc_min null and beat_production false) - a gate that passes anything; set at "
+                          "least one rule")
+    if cfg.promote_to == "production" and not cfg.beat_production and all(r is None for r in fid_rules):
+        raise ConfigError("config field 'gate.promote_to': 'production' needs an FID rule (fid_max, fid_ratio_max, "
+                          "excess_fid_ratio_max or beat_production) so a worse model cannot replace the current one")
 
 
 @dataclass
@@ -58,13 +62,19 @@ def decide(cfg: GateConfig, metrics: dict, production_fid: Optional[float] = Non
                "value": f"{bad} of {metrics.get('num_samples', '?')} samples NaN/inf" if bad else fid,
                "threshold": "no NaN/inf, finite FID", "passed": finite}]
     if not finite:                            # the FID rules below cannot be judged
-        cfg = cfg.model_copy(update={"fid_max": None, "fid_ratio_max": None, "beat_production": False})
+        cfg = cfg.model_copy(update={"fid_max": None, "fid_ratio_max": None, "excess_fid_ratio_max": None,
+                                     "beat_production": False})
     if cfg.fid_max is not None:
         checks.append({"rule": "FID ceiling", "value": fid, "threshold": cfg.fid_max, "passed": fid <= cfg.fid_max})
     if cfg.fid_ratio_max is not None:
         ratio = fid / float(metrics["teacher_fid"])
         checks.append({"rule": "FID ratio to teacher", "value": ratio, "threshold": cfg.fid_ratio_max,
                        "passed": ratio <= cfg.fid_ratio_max})
+    if cfg.excess_fid_ratio_max is not None:
+        floor = float(metrics["real_floor_fid"])
+        ratio = excess_fid_ratio(fid - floor, float(metrics["teacher_fid"]) - floor)
+        checks.append({"rule": "excess FID ratio to teacher", "value": ratio, "threshold": cfg.excess_fid_ratio_max,
+                       "passed": ratio <= cfg.excess_fid_ratio_max})
     if cfg.class_acc_min is not None:
         acc = float(metrics["student_class_acc"])
         checks.append({"rule": "class accuracy floor", "value": acc, "threshold": cfg.class_acc_min,

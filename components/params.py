@@ -11,8 +11,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from components.config import (ConfigError, DataConfig, DistillConfig, EvalConfig, ExportConfig, FeatureNetConfig,
-                               GateConfig, PairsConfig, TeacherConfig, TrackingConfig, parse_section)
+from components.config import (ComputeConfig, ConfigError, DataConfig, DistillConfig, EvalConfig, ExportConfig,
+                               FeatureNetConfig, GateConfig, PairsConfig, TeacherConfig, TrackingConfig, parse_section)
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class RunConfig:
     gate: GateConfig
     export: ExportConfig
     tracking: TrackingConfig
+    compute: ComputeConfig
 
     def as_dict(self) -> dict[str, dict]:
         """Plain JSON-able sections: what a run records as its config (lineage, W&B, model card)."""
@@ -36,7 +37,8 @@ class RunConfig:
 
 SECTIONS = tuple(f.name for f in fields(RunConfig))
 _MODELS = {"data": DataConfig, "teacher": TeacherConfig, "pairs": PairsConfig, "features": FeatureNetConfig,
-           "evaluation": EvalConfig, "gate": GateConfig, "export": ExportConfig, "tracking": TrackingConfig}
+           "evaluation": EvalConfig, "gate": GateConfig, "export": ExportConfig, "tracking": TrackingConfig,
+           "compute": ComputeConfig}
 
 
 def resolve_config(**sections: Any) -> RunConfig:

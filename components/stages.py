@@ -122,7 +122,7 @@ def stage_distill(cfg: RunConfig, a: argparse.Namespace) -> None:
         callback = None
         if world.is_main:            # the student's FID at checkpoints: rank 0 only (the ranks hold the same G)
             callback = checkpoint_fid(method, net, _references(cfg, dataset, net), cfg.evaluation.extractor(),
-                                      batch_size=cfg.evaluation.batch_size)
+                                      cfg.evaluation.num_samples, batch_size=cfg.evaluation.batch_size)
         t0 = time.perf_counter()
         history = distill(method, callback=callback)
         if world.is_main:
@@ -225,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: stage {a.stage} needs {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
-        run(load_params(a.params), a)
+        from components.training import pin_threads
+
+        cfg = load_params(a.params)
+        pin_threads(cfg.compute.threads)      # one count per stage: same params, same bytes
+        run(cfg, a)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

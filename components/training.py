@@ -24,6 +24,15 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def pin_threads(threads: int) -> int:
+    """torch's intra-op CPU thread count for this process (compute.threads; 0 leaves torch's default).
+    The order of float sums in a convolution depends on it, so one count is part of a reproducible run.
+    -> the count in effect."""
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def ema_model(model: nn.Module, decay: float) -> AveragedModel:
     """An exponential moving average of `model`: torch's AveragedModel (call `.update_parameters(model)`
     after each optimiser step; `.module` is the averaged network). Its update counter n is a buffer, so

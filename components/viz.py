@@ -53,20 +53,38 @@ def _to_image(fig) -> Image.Image:
 
 
 def fid_vs_nfe(points: list[dict], title: str = "FID vs NFE") -> Image.Image:
-    """points: {'model', 'nfe', 'fid'}; one line per model (the teacher at several step counts),
-    log-scaled NFE axis."""
+    """points: {'model', 'nfe', 'fid'[, 'fid_std']}; one line per model (the teacher at several step
+    counts), log-scaled NFE axis, error bars where a std is given."""
     fig, ax = _pyplot().subplots(figsize=(5, 3.4), dpi=100)
     for model in sorted({p["model"] for p in points}):
-        pts = sorted((p["nfe"], p["fid"]) for p in points if p["model"] == model)
-        ax.plot(*zip(*pts), marker="o" if model == "teacher" else "*", markersize=6 if model == "teacher" else 14,
-                label=model)
-        for nfe, f in pts:
+        pts = sorted((p["nfe"], p["fid"], p.get("fid_std", 0.0)) for p in points if p["model"] == model)
+        nfe, fids, std = zip(*pts)
+        ax.errorbar(nfe, fids, yerr=std if any(std) else None, marker="o" if model == "teacher" else "*",
+                    markersize=6 if model == "teacher" else 14, capsize=3, label=model)
+        for nfe, f, _ in pts:
             ax.annotate(f"{f:.1f}", (nfe, f), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("NFE (network evaluations per image)")
     ax.set_ylabel("FID (eval split)")
     ax.set_title(title)
     ax.legend()
+    return _to_image(fig)
+
+
+def fid_over_training(curves: dict[str, list[tuple[int, float, float]]], teacher_fid: float, floor: float,
+                      title: str = "FID during distillation") -> Image.Image:
+    """curves: name -> [(iteration, FID mean over training seeds, std)]; the teacher's FID (default
+    sampler) and the real-vs-real floor as horizontal lines: where each student converges, or not."""
+    fig, ax = _pyplot().subplots(figsize=(6, 3.6), dpi=100)
+    for name, pts in curves.items():
+        it, mean, std = zip(*sorted(pts))
+        ax.errorbar(it, mean, yerr=std, marker="o", markersize=4, capsize=3, label=name)
+    ax.axhline(teacher_fid, color="black", linestyle="--", label=f"teacher {teacher_fid:.1f}")
+    ax.axhline(floor, color="grey", linestyle=":", label=f"real floor {floor:.1f}")
+    ax.set_xlabel("distillation iteration")
+    ax.set_ylabel("FID (eval split)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
     return _to_image(fig)
 
 

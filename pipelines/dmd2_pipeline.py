@@ -31,27 +31,31 @@ def dmd2_pipeline(params_file: Optional[str] = None, data: Optional[Dict[str, An
                   teacher: Optional[Dict[str, Any]] = None, features: Optional[Dict[str, Any]] = None,
                   distill: Optional[Dict[str, Any]] = None, evaluation: Optional[Dict[str, Any]] = None,
                   gate: Optional[Dict[str, Any]] = None, export: Optional[Dict[str, Any]] = None,
-                  tracking: Optional[Dict[str, Any]] = None, pairs: Optional[Dict[str, Any]] = None) -> None:
+                  tracking: Optional[Dict[str, Any]] = None, pairs: Optional[Dict[str, Any]] = None,
+                  compute: Optional[Dict[str, Any]] = None) -> None:
     """`params_file` (params.yaml, shared with `dvc repro`) gives the parameters; sections passed
     here are merged over it. Everything is validated before any step runs."""
     cfg = load_params(params_file, data=data, teacher=teacher, features=features, distill=distill,
-                      evaluation=evaluation, gate=gate, export=export, tracking=tracking, pairs=pairs)
+                      evaluation=evaluation, gate=gate, export=export, tracking=tracking, pairs=pairs,
+                      compute=compute)
+    threads = cfg.compute.threads              # torch CPU threads of every step that computes
     lineage = run_lineage(cfg.as_dict(), params_file)
     record_lineage(lineage)
     manifest = ingest_data(cfg.data, lineage["data_md5"])
     validation = validate_data(manifest, cfg.data)
     dataset = build_dataset(manifest, validation, cfg.data)
-    feature_net = feature_net_step(dataset, cfg.features)
-    references = reference_statistics(dataset, feature_net, cfg.evaluation.extractor())
-    teacher_model, _ = teacher_step(dataset, cfg.teacher)
+    feature_net = feature_net_step(dataset, cfg.features, threads)
+    references = reference_statistics(dataset, feature_net, cfg.evaluation.extractor(), threads)
+    teacher_model, _ = teacher_step(dataset, cfg.teacher, threads)
     sampler = {k: getattr(cfg.teacher, k) for k in ("sampler_steps", "rho", "sigma_min", "sigma_max")}
-    pairs_ = teacher_pairs(teacher_model, cfg.pairs, sampler)
+    pairs_ = teacher_pairs(teacher_model, cfg.pairs, sampler, threads)
     student, history, loss_curve = distill_step(teacher_model, dataset, pairs_, feature_net, references,
-                                                cfg.distill, cfg.evaluation.extractor())
+                                                cfg.distill, cfg.evaluation.extractor(),
+                                                cfg.evaluation.num_samples, threads)
     teacher_metrics, teacher_features, teacher_grid = evaluate_teacher(teacher_model, dataset, feature_net,
-                                                                       references, cfg.evaluation)
+                                                                       references, cfg.evaluation, threads)
     metrics, student_grid = evaluate_student(student, teacher_model, dataset, feature_net, references,
-                                             teacher_metrics, teacher_features, cfg.evaluation)
+                                             teacher_metrics, teacher_features, cfg.evaluation, threads)
     decision = quality_gate(metrics, dataset, feature_net, references, cfg.evaluation, cfg.gate,
                             lineage["built_at"])
     export_model(student, decision, metrics, lineage, dataset, cfg.export)

@@ -13,23 +13,27 @@ from components.diffusion.pairs import TeacherPairs
 from components.methods import DistillSection, build_method, distill
 from components.metrics import FeatureNet, ReferenceFeatures
 from components.metrics.evaluate import checkpoint_fid
+from components.training import pin_threads
 from components.viz import loss_curve
-from steps.metadata import log_step_metadata
 from steps.materializers import DenoiserMaterializer
+from steps.metadata import log_step_metadata
 from steps.names import DISTILL_HISTORY, DISTILL_LOSS_CURVE, STUDENT
 
 
 @step(output_materializers={STUDENT: DenoiserMaterializer})
 def distill_step(teacher: Denoiser, dataset: ImageDataset, pairs: TeacherPairs, feature_net: FeatureNet,
-                 references: ReferenceFeatures, distill_config: DistillSection, extractor: ExtractorConfig) -> Tuple[
+                 references: ReferenceFeatures, distill_config: DistillSection, extractor: ExtractorConfig,
+                 fid_samples: int = 1000, threads: int = 0) -> Tuple[
         Annotated[Denoiser, STUDENT], Annotated[List[Dict[str, float]], DISTILL_HISTORY],
         Annotated[Image.Image, DISTILL_LOSS_CURVE]]:
+    threads = pin_threads(threads)       # compute.threads (0: as it is) -> the count in effect
     method = build_method(teacher, distill_config, dataset, pairs)
-    callback = checkpoint_fid(method, feature_net, references, extractor)
+    callback = checkpoint_fid(method, feature_net, references, extractor, fid_samples)
     t0 = time.perf_counter()
     history = distill(method, callback=callback)
     seconds = time.perf_counter() - t0
-    log_step_metadata({"distill_seconds": seconds, "method": method.cfg.method, "iterations": method.cfg.iterations,
+    log_step_metadata({"distill_seconds": seconds, "torch_threads": threads, "method": method.cfg.method,
+                       "iterations": method.cfg.iterations,
                        "student_steps": len(method.student().sampling["sigmas"]) - 1,
                        **{f"final_{k}": v for k, v in (history[-1] if history else {}).items()}})
     return method.student(), history, loss_curve(history, f"{method.cfg.method} losses")

@@ -10,6 +10,7 @@ from components.data import ImageDataset
 from components.diffusion import Denoiser
 from components.metrics import FeatureNet, FeatureSet, ReferenceFeatures
 from components.metrics.evaluate import evaluate_teacher_model
+from components.training import pin_threads
 from components.viz import sample_grid
 from steps.materializers import FeatureSetMaterializer
 from steps.metadata import log_step_metadata
@@ -18,9 +19,10 @@ from steps.names import TEACHER_METRICS, TEACHER_SAMPLE_FEATURES, TEACHER_SAMPLE
 
 @step(output_materializers={TEACHER_SAMPLE_FEATURES: FeatureSetMaterializer})
 def evaluate_teacher(teacher: Denoiser, dataset: ImageDataset, feature_net: FeatureNet,
-                     references: ReferenceFeatures, evaluation: EvalConfig) -> Tuple[
+                     references: ReferenceFeatures, evaluation: EvalConfig, threads: int = 0) -> Tuple[
         Annotated[Dict[str, Any], TEACHER_METRICS], Annotated[FeatureSet, TEACHER_SAMPLE_FEATURES],
         Annotated[Image.Image, TEACHER_SAMPLES]]:
+    pin_threads(threads)                 # compute.threads (0: as it is)
     metrics, feats, gen = evaluate_teacher_model(teacher, dataset, feature_net, references, evaluation)
     log_step_metadata({"teacher_fid": metrics["fid"], "teacher_kid": metrics["kid"],
                        "teacher_class_acc": metrics["class_acc"], "teacher_nfe": metrics["nfe"],

@@ -10,8 +10,8 @@ from components.gate import decide
 from components.metrics import FeatureNet, ReferenceFeatures
 from components.metrics.evaluate import fid_on_this_run
 from steps.metadata import log_step_metadata
-from steps.names import GATE_DECISION
 from steps.model_registry import production_student, promote
+from steps.names import GATE_DECISION
 
 logger = logging.getLogger(__name__)
 

@@ -10,17 +10,18 @@ from zenml import step
 from components.config import PairsConfig
 from components.diffusion import Denoiser, state_hash
 from components.diffusion.pairs import TeacherPairs, generate_pairs, pairs_key
-from components.training import select_device
-from steps.metadata import log_step_metadata
+from components.training import pin_threads, select_device
 from steps.materializers import TeacherPairsMaterializer
+from steps.metadata import log_step_metadata
 from steps.names import TEACHER_PAIRS
 
 
 @step(output_materializers=TeacherPairsMaterializer)
 def teacher_pairs(teacher: Denoiser, pairs: PairsConfig,
-                  sampler: Dict[str, Any]) -> Annotated[TeacherPairs, TEACHER_PAIRS]:
+                  sampler: Dict[str, Any], threads: int = 0) -> Annotated[TeacherPairs, TEACHER_PAIRS]:
     """`sampler`: the teacher config's sampler settings (part of the cache key; the teacher
     artifact carries the recipe itself)."""
+    pin_threads(threads)                 # compute.threads (0: as it is)
     sha = state_hash(teacher)
     work = Path(pairs.work_dir) / pairs_key(sha, teacher.sampling, pairs)[:16]
     result = generate_pairs(teacher.to(select_device("auto")), pairs, work, teacher_sha256=sha)

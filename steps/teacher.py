@@ -8,16 +8,17 @@ from components.config import TeacherConfig
 from components.data import ImageDataset
 from components.diffusion import Denoiser, state_hash
 from components.teacher import get_teacher
-from components.training import select_device
+from components.training import pin_threads, select_device
 from components.viz import loss_curve, windowed
-from steps.metadata import log_step_metadata
 from steps.materializers import DenoiserMaterializer
+from steps.metadata import log_step_metadata
 from steps.names import TEACHER, TEACHER_LOSS_CURVE
 
 
 @step(output_materializers={TEACHER: DenoiserMaterializer})
-def teacher_step(dataset: ImageDataset, teacher: TeacherConfig) -> Tuple[
+def teacher_step(dataset: ImageDataset, teacher: TeacherConfig, threads: int = 0) -> Tuple[
         Annotated[Denoiser, TEACHER], Annotated[Image.Image, TEACHER_LOSS_CURVE]]:
+    pin_threads(threads)                 # compute.threads (0: as it is)
     model, losses = get_teacher(teacher, dataset, select_device("auto"))
     history = windowed(losses or [])
     # a loaded teacher has no training curve: a blank picture keeps the artifact set the same

@@ -22,7 +22,7 @@ from components.distributed import current_world
 from components.training import select_device
 
 # config keys that do not change the result: a checkpoint taken under other values still resumes
-RESUME_IGNORES = ("iterations", "device", "log_every", "fid_every", "fid_samples", "max_bad_steps",
+RESUME_IGNORES = ("iterations", "device", "log_every", "fid_every", "max_bad_steps",
                   "checkpoint_every", "checkpoint_dir", "resume")
 
 

@@ -35,9 +35,17 @@ def reference_features(extractor, data: ImageDataset) -> References:
     return ReferenceFeatures(**sets)
 
 
-def real_floor(refs: References) -> dict:
-    """FID(train split, eval split): the best a perfect generator of this data could score."""
-    return fid(refs["train"].stats(), refs["eval"].stats(), refs["eval"].feature_net).as_dict()
+def real_floor(refs: References, num_samples: int, seed: int = 0) -> dict:
+    """FID(real train images, eval split) with `num_samples` train images, the count every generated
+    set of the run has (FID's bias depends on it): the best a generator of this data could score.
+    When the train split is smaller (the 1,347 training digits), the images are drawn with replacement:
+    the name says so."""
+    train = refs["train"].features
+    replace = num_samples > len(train)
+    rows = np.random.default_rng(seed).choice(len(train), num_samples, replace=replace)
+    how = f"{num_samples} of {len(train)}, drawn with replacement" if replace else f"{num_samples} of {len(train)}"
+    sample = FeatureSet(train[np.sort(rows)], f"real-train ({how})", refs["train"].feature_net)
+    return fid(sample.stats(), refs["eval"].stats(), refs["eval"].feature_net).as_dict()
 
 
 def score_samples(gen: Generated, name: str, extractor, classifier: FeatureNet, refs: References,
@@ -107,7 +115,7 @@ def evaluate_teacher_model(teacher, data: ImageDataset, feature_net: FeatureNet,
         m, _, _ = evaluate_generator(with_heun_steps(teacher, steps), f"teacher-{steps}", extractor, feature_net,
                                      data, refs, cfg, progress)
         curve.append({"model": "teacher", "nfe": m["nfe"], "fid": m["fid"]})
-    metrics.update(teacher_sha256=state_hash(teacher), real_floor=real_floor(refs),
+    metrics.update(teacher_sha256=state_hash(teacher), real_floor=real_floor(refs, cfg.num_samples, cfg.seed),
                    latency_p50=latency_p50(teacher, data.num_classes, cfg.latency_repeats),
                    fid_vs_nfe=sorted(curve, key=lambda p: p["nfe"]))
     return metrics, feats, gen
@@ -149,11 +157,12 @@ def evaluate_student_model(student, teacher, data: ImageDataset, feature_net: Fe
 
 
 def checkpoint_fid(method, feature_net: FeatureNet, refs: References, extractor_cfg: ExtractorConfig,
-                   seed: int = 0, batch_size: int = 500):
+                   num_samples: int, seed: int = 0, batch_size: int = 500):
     """distill() callback: every method.cfg.fid_every iterations (and at the end) add the current
-    student's FID on method.cfg.fid_samples samples to the history row as 'fid'."""
+    student's FID on `num_samples` samples (evaluation.num_samples, as every FID of the run) to the
+    history row as 'fid'."""
     extractor = extractor_for(extractor_cfg, feature_net)
-    every, n = method.cfg.fid_every, method.cfg.fid_samples
+    every, n = method.cfg.fid_every, num_samples
     num_classes = method.data.num_classes
 
     def callback(iteration: int, row: dict) -> None:

@@ -2,6 +2,15 @@
 from __future__ import annotations
 
 
+def excess_fid_ratio(student_excess: float, teacher_excess: float) -> float:
+    """(student FID - floor) / (teacher FID - floor): how many times further above the real-vs-real
+    floor the student is than its teacher (1: as close; < 1: closer). A teacher at or below the floor
+    (excess <= 0, within the floor's noise) gives 0 for a student there too, else inf."""
+    if teacher_excess > 0:
+        return student_excess / teacher_excess
+    return 0.0 if student_excess <= 0 else float("inf")
+
+
 def summary(teacher: dict, student: dict, gap: dict) -> dict:
     """One flat dict: FIDs (with feature net, reference, counts), accuracy, NFE, wall-clock."""
     floor = teacher["real_floor"]
@@ -15,6 +24,9 @@ def summary(teacher: dict, student: dict, gap: dict) -> dict:
         "student_sampling_seconds": s_sec,
         "fid_ratio": student["fid"] / teacher["fid"] if teacher["fid"] > 0 else float("inf"),
         "distill_gap_fid": gap["fid"], "real_floor_fid": floor["fid"],
+        # excess FID: above the real-vs-real floor at the same sample count (what a model can still gain)
+        "teacher_excess_fid": teacher["fid"] - floor["fid"], "student_excess_fid": student["fid"] - floor["fid"],
+        "excess_fid_ratio": excess_fid_ratio(student["fid"] - floor["fid"], teacher["fid"] - floor["fid"]),
         # per-image times in different processes/steps; the benchmark measures both in one process
         "nfe_speedup": teacher["nfe"] / student["nfe"],
         "sampling_speedup": (t_sec / teacher["num_samples"]) / (s_sec / student["num_samples"]),
@@ -34,6 +46,7 @@ def summary_table(r: dict) -> str:
     """Markdown table of the figures people compare."""
     rows = [("", "teacher", "student"),
             ("FID vs eval split", f"{r['teacher_fid']:.3f}", f"{r['student_fid']:.3f}"),
+            ("excess FID (FID - real floor)", f"{r['teacher_excess_fid']:.3f}", f"{r['student_excess_fid']:.3f}"),
             ("FID vs train split", f"{r['teacher_fid_train']:.3f}", f"{r['student_fid_train']:.3f}"),
             ("class accuracy", f"{r['teacher_class_acc']:.3f}", f"{r['student_class_acc']:.3f}"),
             ("NFE", str(r["teacher_nfe"]), str(r["student_nfe"])),
@@ -44,7 +57,8 @@ def summary_table(r: dict) -> str:
             ("throughput (images/s)", f"{r['teacher_throughput']:.0f}", f"{r['student_throughput']:.0f}")]
     lines = [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines.insert(1, "|---|---|---|")
-    lines.append(f"\nstudent/teacher FID ratio {r['fid_ratio']:.3f}; distillation gap FID(student, teacher) "
+    lines.append(f"\nstudent/teacher FID ratio {r['fid_ratio']:.3f}, excess FID ratio {r['excess_fid_ratio']:.3f}; "
+                 f"distillation gap FID(student, teacher) "
                  f"{r['distill_gap_fid']:.3f}; real floor {r['real_floor_fid']:.3f} [{r['real_floor']}]; "
                  f"sampling speedup {r['sampling_speedup']:.1f}x")
     if "agreement_rmse" in r:

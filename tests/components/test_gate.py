@@ -15,15 +15,19 @@ GOOD = {"student_fid": 20.0, "teacher_fid": 18.0, "student_class_acc": 0.97, "re
 
 
 def test_a_good_student_passes_and_is_promoted():
-    d = decide(GateConfig(fid_max=30, class_acc_min=0.9), GOOD, production_fid=21.0)
+    d = decide(GateConfig(fid_max=30, fid_ratio_max=2.0, class_acc_min=0.9), GOOD, production_fid=21.0)
     assert d.passed and d.promote_to == "staging" and not d.reasons
-    assert {c["rule"] for c in d.checks} >= {"FID ceiling", "FID ratio to teacher", "class accuracy floor",
-                                             "no worse than production"}
+    assert {c["rule"] for c in d.checks} >= {"FID ceiling", "FID ratio to teacher", "excess FID ratio to teacher",
+                                             "class accuracy floor", "no worse than production"}
+    excess = next(c for c in d.checks if c["rule"] == "excess FID ratio to teacher")
+    assert excess["value"] == pytest.approx((20.0 - 13.6) / (18.0 - 13.6))
 
 
 @pytest.mark.parametrize("cfg, metrics, production, rule", [
     (GateConfig(fid_max=15), GOOD, None, "FID ceiling"),
     (GateConfig(fid_ratio_max=1.05), GOOD, None, "FID ratio to teacher"),
+    # raw ratio 1.11 passes 1.2; above the floor the student is 1.45x as far as the teacher
+    (GateConfig(fid_ratio_max=1.2, excess_fid_ratio_max=1.2), GOOD, None, "excess FID ratio to teacher"),
     (GateConfig(class_acc_min=0.99), GOOD, None, "class accuracy floor"),
     (GateConfig(), GOOD, 19.5, "no worse than production"),
     (GateConfig(), {**GOOD, "student_fid": float("nan")}, None, "student samples finite"),
@@ -35,12 +39,21 @@ def test_each_rule_rejects_on_its_own(cfg, metrics, production, rule):
     assert rule in d.summary() and "REJECTED" in d.summary()
 
 
+def test_excess_ratio_of_a_teacher_at_the_floor():
+    from components.metrics.summary import excess_fid_ratio
+
+    assert excess_fid_ratio(2.0, 4.0) == 0.5
+    assert excess_fid_ratio(-0.1, -0.2) == 0.0 and excess_fid_ratio(0.5, 0.0) == float("inf")
+    at_floor = {**GOOD, "teacher_fid": 13.0}             # teacher within the floor's noise, student above it
+    assert not decide(GateConfig(excess_fid_ratio_max=100.0), at_floor).passed
+
+
 def test_inconsistent_thresholds_are_errors(digits_npz):
     with pytest.raises(ConfigError, match=r"'gate': every rule is off"):
-        resolve_config(data={"path": digits_npz}, gate={"fid_ratio_max": None, "beat_production": False,
+        resolve_config(data={"path": digits_npz}, gate={"excess_fid_ratio_max": None, "beat_production": False,
                                                         "class_acc_min": None})
     with pytest.raises(ConfigError, match=r"gate\.promote_to"):
-        resolve_config(data={"path": digits_npz}, gate={"fid_ratio_max": None, "beat_production": False,
+        resolve_config(data={"path": digits_npz}, gate={"excess_fid_ratio_max": None, "beat_production": False,
                                                         "class_acc_min": 0.5, "promote_to": "production"})
     with pytest.raises(ConfigError, match=r"gate\.fid_max.*below the real-data floor"):
         decide(GateConfig(fid_max=5.0), GOOD)

@@ -56,8 +56,11 @@ def test_real_images_score_near_floor_and_noise_scores_badly(feature_net, digits
     net, _ = feature_net
     ex = DatasetFeatures(net)
     refs = reference_features(ex, digits)
-    floor = real_floor(refs)["fid"]
     x_tr, y_tr = digits.split("train")
+    floor = real_floor(refs, len(x_tr))["fid"]          # every train image once: the whole split's statistics
+    boot = real_floor(refs, 3 * len(x_tr), seed=1)      # the run's sample count, more than the split holds
+    assert boot["num_samples"] == 3 * len(x_tr) and "with replacement" in boot["samples"]
+    assert boot["fid"] != floor and abs(boot["fid"] - floor) < 0.5 * floor
     real = Generated(x_tr, y_tr, nfe=0, seconds=1.0)
     noise = Generated(torch.rand_like(x_tr) * 2 - 1, y_tr, nfe=0, seconds=1.0)
     m_real, _ = score_samples(real, "real", ex, net, refs)

@@ -13,8 +13,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 ZENML = str(Path(sys.executable).with_name("zenml"))
-PASS_GATE = {"class_acc_min": None, "fid_ratio_max": 100.0}     # a gate the tiny student passes
-REJECT_GATE = {"fid_ratio_max": 0.01}                           # FID at most 1% of the teacher's: no student passes
+PASS_GATE = {"class_acc_min": None, "fid_ratio_max": 100.0, "excess_fid_ratio_max": None}  # the tiny student passes
+REJECT_GATE = {"fid_ratio_max": 0.01}        # FID at most 1% of the teacher's: no student passes
 
 
 def make_zenml_env(tmp: Path) -> dict:

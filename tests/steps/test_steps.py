@@ -46,8 +46,8 @@ def chain(digits_npz, tmp_path_factory):
     assert len(pairs) == 24 and len(list(next(work.iterdir()).glob("shard-*.safetensors"))) == 3
     student, history, dcurve = distill_step.entrypoint(
         teacher, dataset, pairs, fnet, refs, DMD2Config(iterations=4, batch_size=8, log_every=2, fid_every=4,
-                                                        fid_samples=20, regression_weight=0.5, checkpoint_every=0),
-        EXTRACTOR)
+                                                        regression_weight=0.5, checkpoint_every=0),
+        EXTRACTOR, fid_samples=20)
     assert "loss_reg" in history[0]
     return dataset, fnet, teacher, curve, student, history, dcurve, refs
 

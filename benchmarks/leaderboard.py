@@ -1,0 +1,463 @@
+"""The leaderboard: every distillation method's rows on the same data, teacher, feature net, reference
+set, sample count and seeds, as one table (JSON), two pictures and docs/results.md.
+
+    python benchmarks/leaderboard.py                              # every dataset and row of leaderboard.yaml
+    python benchmarks/leaderboard.py --dataset digits --rows "DMD2 1-step,DMD2 4-step"
+    python benchmarks/leaderboard.py --long 3                     # also train to 3x the iterations (convergence)
+    python benchmarks/leaderboard.py --write-docs                 # + docs/results/<dataset>.json, pictures, page
+    python benchmarks/leaderboard.py --from-json                  # run nothing: re-render docs/results.md
+
+Protocol (docs/evaluation.md). Per dataset, one run config (configs/*.yaml: params_file + overrides)
+gives the data, teacher, feature net and evaluation settings; they are built once by the DVC stage
+functions (components/stages.py) into .benchmarks/leaderboard/<key>/ and reused while their sections
+and the data are unchanged. Every FID uses evaluation.num_samples class-balanced samples against the
+real eval split; the real-vs-real floor uses the same count. A teacher row is sampled once per
+sampling seed; a student row is distilled once per training seed (distill.seed) and each student
+sampled once per sampling seed: FID is the mean over all of them, `fid_std_train` the std of the
+per-training-seed means (what a rerun moves), `fid_std_sample` the mean std over sampling seeds.
+With --long F each student trains on to F x distill.iterations; the row's figures are still those of
+the student at distill.iterations (no schedule depends on the length, so that student is the same),
+and the checkpoint FIDs on the way (every distill.fid_every) make the convergence picture.
+Run it alone: a second torch process on 2 cores distorts every timing.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.provenance import provenance, utc_now  # noqa: E402
+
+SPEC = ROOT / "benchmarks" / "leaderboard.yaml"
+RESULTS = "docs/results"                 # <dataset>.json and pictures (relative to the checkout)
+PAGE = "docs/results.md"
+CACHE = ROOT / ".benchmarks" / "leaderboard"
+
+
+class SpecError(SystemExit):
+    """A bad leaderboard spec or argument: one line, exit status 2."""
+
+    def __init__(self, message: str):
+        print(f"error: {message}", file=sys.stderr)
+        super().__init__(2)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--spec", default=str(SPEC), help="datasets, seeds and rows (YAML)")
+    p.add_argument("--dataset", default=None, help="comma-separated datasets of the spec (default: all)")
+    p.add_argument("--rows", default=None, help="comma-separated row names of the spec (default: all)")
+    p.add_argument("--train-seeds", type=int, default=None, help="use the first N training seeds of the spec")
+    p.add_argument("--long", type=float, default=1.0, help="train each student to this many times distill.iterations "
+                   "(>= 1); the row is still scored at distill.iterations, the curve goes on")
+    p.add_argument("--cache", default=str(CACHE), help="folder for the shared data, feature net and teacher")
+    p.add_argument("--out", default=None, help="also write the JSON of the (last) dataset here")
+    p.add_argument("--results", default=str(ROOT / RESULTS), help="--write-docs: folder of <dataset>.json + pictures")
+    p.add_argument("--write-docs", nargs="?", const=str(ROOT / PAGE), default=None, metavar="PAGE",
+                   help=f"write <results>/<dataset>.json and pictures, then render PAGE (default {PAGE}) from every "
+                   "<dataset>.json there")
+    p.add_argument("--from-json", action="store_true", help="run nothing: re-render the page from <results>/*.json")
+    args = p.parse_args(argv)
+    if args.long < 1:
+        raise SpecError(f"--long: {args.long} must be >= 1 (a multiple of distill.iterations)")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# the spec
+
+def load_spec(path: str, datasets: str | None, rows: str | None, train_seeds: int | None) -> dict:
+    """The spec, validated, narrowed to the chosen datasets and rows."""
+    import yaml
+
+    from components.config import ConfigError
+    from components.params import read_yaml
+
+    try:
+        spec = read_yaml(path, f"leaderboard spec '{path}'", "a YAML mapping with datasets, seeds and rows")
+    except ConfigError as exc:
+        raise SpecError(str(exc)) from None
+    if not isinstance(spec, dict) or not all(k in spec for k in ("datasets", "rows", "train_seeds", "sample_seeds")):
+        raise SpecError(f"leaderboard spec '{path}': expected a mapping with datasets, rows, train_seeds, sample_seeds")
+    for key in ("train_seeds", "sample_seeds"):
+        seeds = spec[key]
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+            raise SpecError(f"leaderboard spec '{path}': {key} must be a non-empty list of integers, got {seeds!r}")
+    if not isinstance(spec["datasets"], dict) or not spec["datasets"]:
+        raise SpecError(f"leaderboard spec '{path}': datasets must map names to {{config: <run config>}}")
+    for name, d in spec["datasets"].items():
+        if not isinstance(d, dict) or not isinstance(d.get("config"), str):
+            raise SpecError(f"leaderboard spec '{path}': datasets.{name} needs config: <a run config YAML>")
+    names = [r.get("name") if isinstance(r, dict) else None for r in spec["rows"] or []]
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise SpecError(f"leaderboard spec '{path}': rows must be a list of {{name, distill}} with unique names")
+    spec = copy.deepcopy(spec)
+    for arg, key, known in (("--dataset", "datasets", list(spec["datasets"])), ("--rows", "rows", names)):
+        wanted = [w.strip() for w in (datasets if key == "datasets" else rows).split(",")] \
+            if (datasets if key == "datasets" else rows) else known
+        unknown = [w for w in wanted if w not in known]
+        if unknown:
+            raise SpecError(f"{arg}: unknown {unknown}; the spec has {known}")
+        spec[key] = ({k: v for k, v in spec["datasets"].items() if k in wanted} if key == "datasets"
+                     else [r for r in spec["rows"] if r["name"] in wanted])
+    if train_seeds is not None:
+        if not 1 <= train_seeds <= len(spec["train_seeds"]):
+            raise SpecError(f"--train-seeds: {train_seeds} must be 1..{len(spec['train_seeds'])}")
+        spec["train_seeds"] = spec["train_seeds"][:train_seeds]
+    yaml.safe_dump(spec)                                        # plain data only
+    return spec
+
+
+def run_config(config: str):
+    """A ZenML run config (params_file + section overrides) -> the resolved RunConfig, as the pipeline's."""
+    from components.config import ConfigError
+    from components.params import load_params, read_yaml
+
+    path = ROOT / config if not Path(config).is_absolute() else Path(config)
+    try:
+        raw = read_yaml(path, f"run config '{config}'", "a ZenML run config with a parameters mapping") or {}
+        params = dict(raw.get("parameters") or {}) if isinstance(raw, dict) else None
+        if params is None:
+            raise ConfigError(f"run config '{config}': expected a mapping with a 'parameters' mapping")
+        params_file = params.pop("params_file", None)
+        return load_params(str(ROOT / params_file) if params_file else None, **params)
+    except ConfigError as exc:
+        raise SpecError(str(exc)) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# shared artifacts: data, feature net, teacher (and pairs when a row needs them), built once
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def shared_artifacts(cfg, cache: Path, need_pairs: bool) -> Path:
+    """Run the DVC stage functions that are missing into cache/<key>/: dataset, feature_net, teacher
+    (and pairs). The key is the data's md5 and every section those stages read."""
+    import yaml
+
+    from components import stages
+    from components.data.versioning import dvc_md5
+
+    sections = cfg.as_dict()
+    key = _key(dvc_md5(sections["data"]["path"]), {k: sections[k] for k in ("data", "features", "teacher", "pairs",
+                                                                          "compute")})
+    folder = cache / key
+    folder.mkdir(parents=True, exist_ok=True)
+    params = folder / "params.yaml"
+    params.write_text(yaml.safe_dump(sections, sort_keys=False))
+    todo = [("data", "dataset", []), ("features", "feature_net", ["--dataset", "dataset"]),
+            ("teacher", "teacher", ["--dataset", "dataset", "--plots", "teacher_loss.csv"])]
+    if need_pairs:
+        todo.append(("pairs", "pairs", ["--teacher", "teacher"]))
+    for stage, out, extra in todo:
+        if (folder / out).is_dir():
+            continue
+        print(f"building {stage} -> {folder / out}", file=sys.stderr)
+        extra = [str(folder / e) if i % 2 else e for i, e in enumerate(extra)]
+        if stages.main([stage, "--params", str(params), "--out", str(folder / out), *extra]) != 0:
+            raise SystemExit(f"leaderboard: stage {stage} failed (see above)")
+    return folder
+
+
+class Context:
+    """One dataset's shared artifacts and sampling protocol."""
+
+    def __init__(self, name: str, config: str, cfg, folder: Path, sample_seeds: list[int]):
+        import torch
+
+        from components.data import ImageDataset
+        from components.diffusion import load_denoiser, state_hash
+        from components.diffusion.generate import balanced_labels
+        from components.diffusion.pairs import load_pairs
+        from components.metrics import FeatureNet
+        from components.metrics.evaluate import extractor_for, real_floor, reference_features
+        from components.teacher import teacher_sampling
+
+        self.name, self.config, self.cfg, self.folder = name, config, cfg, folder
+        self.data = ImageDataset.load(folder / "dataset")
+        self.fnet = FeatureNet.from_pretrained(folder / "feature_net")
+        self.teacher = load_denoiser(folder / "teacher", what="teacher")
+        self.teacher.sampling = teacher_sampling(cfg.teacher, self.teacher)
+        self.teacher_sha = state_hash(self.teacher)
+        self.pairs = load_pairs(folder / "pairs", self.teacher_sha) if (folder / "pairs").is_dir() else None
+        self.extractor = extractor_for(cfg.evaluation.extractor(), self.fnet)
+        self.refs = reference_features(self.extractor, self.data)
+        self.n, self.sample_seeds = cfg.evaluation.num_samples, sample_seeds
+        self.labels = balanced_labels(self.n, self.data.num_classes)
+        self.floor = real_floor(self.refs, self.n, cfg.evaluation.seed)
+        x_ev, y_ev = self.data.split("eval")
+        self.real_class_acc = float((self.fnet.embed(x_ev)[1] == y_ev).float().mean())
+        self.threads = torch.get_num_threads()
+
+    def protocol(self) -> dict:
+        return {"feature_net": self.extractor.name, "num_samples": self.n, "sample_seeds": self.sample_seeds,
+                "reference": f"real eval split (n={len(self.refs.eval.features)})",
+                "real_floor_fid": self.floor["fid"],
+                "real_floor": f"{self.floor['samples']} vs {self.floor['reference']}",
+                "real_eval_class_acc": self.real_class_acc, "teacher_sha256": self.teacher_sha,
+                "torch_threads": self.threads, "image_shape": list(self.data.shape),
+                "train_images": int((~self.data.is_eval).sum()), "eval_images": int(self.data.is_eval.sum())}
+
+    def evaluate(self, model, who: str) -> dict:
+        """FID (mean, std over the sampling seeds), excess FID, class accuracy, NFE, p50 latency at batch 1,
+        throughput, parameters."""
+        from components.diffusion.generate import generate
+        from components.metrics.evaluate import latency_p50, score_samples
+
+        fids, accs, seconds = [], [], 0.0
+        for seed in self.sample_seeds:
+            gen = generate(model, self.labels, seed, self.cfg.evaluation.batch_size)
+            m, _ = score_samples(gen, who, self.extractor, self.fnet, self.refs)
+            fids.append(m["fid"])
+            accs.append(m["class_acc"])
+            seconds += gen.seconds
+        fid = statistics.fmean(fids)
+        return {"fid": fid, "fid_per_sample_seed": fids, "fid_std_sample": statistics.pstdev(fids),
+                "excess_fid": fid - self.floor["fid"], "class_acc": statistics.fmean(accs), "nfe": gen.nfe,
+                "latency_p50_ms": 1000 * latency_p50(model, self.data.num_classes, self.cfg.evaluation.latency_repeats),
+                "throughput": len(self.sample_seeds) * self.n / seconds,
+                "parameters": sum(p.numel() for p in model.parameters())}
+
+
+# ----------------------------------------------------------------------------------------------
+# rows
+
+def teacher_rows(ctx: Context) -> list[dict]:
+    """The teacher at its default sampler and at evaluation.teacher_nfe_steps (Heun), cached per teacher
+    and protocol in the artifacts folder."""
+    from components.metrics.evaluate import with_heun_steps
+
+    cache = ctx.folder / f"teacher-eval-{_key(ctx.protocol(), ctx.cfg.evaluation.model_dump(mode='json'))}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    rows = []
+    default_steps = len(ctx.teacher.sampling["sigmas"]) - 1
+    for steps in [default_steps, *sorted(set(ctx.cfg.evaluation.teacher_nfe_steps) - {default_steps}, reverse=True)]:
+        model = ctx.teacher if steps == default_steps else with_heun_steps(ctx.teacher, steps)
+        label = f"teacher (Heun, {steps} steps{', default' if steps == default_steps else ''})"
+        print(f"{ctx.name}: {label}", file=sys.stderr)
+        rows.append({"name": label, "kind": "teacher", "default": steps == default_steps, **ctx.evaluate(model, label)})
+    from components.atomic import write_json
+
+    write_json(cache, rows)
+    return rows
+
+
+def distill_one(ctx: Context, row: dict, seed: int, long: float) -> tuple[object, list[tuple[int, float]], float]:
+    """One training seed of a row -> (the student at distill.iterations, checkpoint FIDs [(iteration,
+    FID)] up to long x iterations, distillation seconds to distill.iterations without the FID callbacks)."""
+    from components.diffusion.generate import generate
+    from components.methods import build_method, distill
+    from components.metrics.evaluate import score_samples
+    from components.params import merge
+
+    base = merge(ctx.cfg.distill.model_dump(mode="json"), row.get("distill") or {})
+    iterations = int(base["iterations"])
+    cfg = {**base, "seed": seed, "iterations": int(round(iterations * long)), "checkpoint_every": 0,
+           "resume": "never"}
+    method = build_method(ctx.teacher, cfg, ctx.data, ctx.pairs)
+    every = method.cfg.fid_every or iterations
+    curve, kept, spent = [], {}, [0.0]
+    t0 = time.perf_counter()
+
+    def callback(it: int, _row: dict) -> None:
+        t = time.perf_counter()
+        if it % every == 0 or it == method.cfg.iterations:
+            gen = generate(method.student(), ctx.labels, ctx.cfg.evaluation.seed, ctx.cfg.evaluation.batch_size)
+            curve.append((it, score_samples(gen, "checkpoint", ctx.extractor, ctx.fnet, ctx.refs)[0]["fid"]))
+        if it == iterations:
+            kept["student"], kept["seconds"] = method.student(), t - t0 - spent[0]
+        spent[0] += time.perf_counter() - t
+
+    distill(method, progress=True, callback=callback)
+    return kept["student"], curve, kept["seconds"]
+
+
+def student_row(ctx: Context, row: dict, seeds: list[int], long: float, teacher: dict) -> dict:
+    per_seed, curves = [], []
+    for seed in seeds:
+        print(f"{ctx.name}: {row['name']}, training seed {seed}", file=sys.stderr)
+        student, curve, seconds = distill_one(ctx, row, seed, long)
+        per_seed.append({"seed": seed, "distill_seconds": seconds, **ctx.evaluate(student, row["name"])})
+        curves.append(curve)
+    fids = [r["fid"] for r in per_seed]
+    mean = lambda k: statistics.fmean(r[k] for r in per_seed)          # noqa: E731
+    iterations = sorted({it for c in curves for it, _ in c})
+    curve = [{"iteration": it, "fid": statistics.fmean(v), "fid_std": statistics.pstdev(v)}
+             for it in iterations for v in [[f for c in curves for i, f in c if i == it]]]
+    t_excess = teacher["excess_fid"]
+    excess = statistics.fmean(fids) - ctx.floor["fid"]
+    from components.metrics.summary import excess_fid_ratio
+
+    return {"name": row["name"], "kind": "student", "distill": row.get("distill") or {}, "train_seeds": seeds,
+            "fid": statistics.fmean(fids), "fid_std_train": statistics.pstdev(fids),
+            "fid_std_sample": mean("fid_std_sample"),
+            "excess_fid": excess, "excess_fid_ratio": excess_fid_ratio(excess, t_excess),
+            "class_acc": mean("class_acc"), "nfe": per_seed[0]["nfe"], "latency_p50_ms": mean("latency_p50_ms"),
+            "throughput": mean("throughput"), "parameters": per_seed[0]["parameters"],
+            "distill_seconds": mean("distill_seconds"), "iterations": int(ctx.cfg.distill.iterations), "long": long,
+            "curve": curve, "per_seed": per_seed}
+
+
+def run_dataset(name: str, spec: dict, args, prov: dict) -> dict:
+    from components.training import pin_threads
+
+    config = spec["datasets"][name]["config"]
+    cfg = run_config(config)
+    pin_threads(cfg.compute.threads)
+    from components.methods import parse_distill_config
+    from components.params import merge
+
+    rows_cfg = {}
+    for row in spec["rows"]:
+        try:
+            merged = merge(cfg.distill.model_dump(mode="json"), row.get("distill") or {})
+            rows_cfg[row["name"]] = parse_distill_config(merged)
+        except ValueError as exc:
+            raise SpecError(f"leaderboard row {row['name']!r}: {exc}") from None
+    need_pairs = any(c.regression_weight > 0 or c.warm_start_iterations > 0 for c in rows_cfg.values()
+                     if hasattr(c, "regression_weight"))
+    folder = shared_artifacts(cfg, Path(args.cache), need_pairs)
+    ctx = Context(name, config, cfg, folder, spec["sample_seeds"])
+    teacher = teacher_rows(ctx)
+    default = next(t for t in teacher if t["default"])
+    rows = [student_row(ctx, row, spec["train_seeds"], args.long, default) for row in spec["rows"]]
+    return {"dataset": name, "config": config, "protocol": ctx.protocol(), "train_seeds": spec["train_seeds"],
+            "teacher": teacher, "rows": rows, "provenance": {**prov, "finished_utc": utc_now()}}
+
+
+# ----------------------------------------------------------------------------------------------
+# outputs
+
+def table(result: dict) -> str:
+    """The markdown table of one dataset: teacher rows, then students."""
+    p = result["protocol"]
+    head = ("| model | NFE | FID | std (train seeds) | std (sample seeds) | excess FID | excess / teacher's "
+            "| class acc | p50 ms (batch 1) | images/s | parameters | distill s |")
+    lines = [head, "|" + "---|" * 12]
+    t_default = next(t for t in result["teacher"] if t["default"])
+    for t in result["teacher"]:
+        ratio = t["excess_fid"] / t_default["excess_fid"] if t_default["excess_fid"] > 0 else float("nan")
+        lines.append(f"| {t['name']} | {t['nfe']} | {t['fid']:.2f} | - | {t['fid_std_sample']:.2f} | "
+                     f"{t['excess_fid']:.2f} | {ratio:.2f} | {t['class_acc']:.3f} | {t['latency_p50_ms']:.1f} | "
+                     f"{t['throughput']:.0f} | {t['parameters']:,} | - |")
+    for r in result["rows"]:
+        lines.append(f"| {r['name']} | {r['nfe']} | {r['fid']:.2f} | {r['fid_std_train']:.2f} | "
+                     f"{r['fid_std_sample']:.2f} | {r['excess_fid']:.2f} | {r['excess_fid_ratio']:.2f} | "
+                     f"{r['class_acc']:.3f} | {r['latency_p50_ms']:.1f} | {r['throughput']:.0f} | "
+                     f"{r['parameters']:,} | {r['distill_seconds']:.0f} |")
+    lines.append("")
+    lines.append(f"FID: feature net {p['feature_net']}, {p['num_samples']} class-balanced samples per model and "
+                 f"sampling seed {p['sample_seeds']}, reference {p['reference']}; students over training seeds "
+                 f"{result['train_seeds']}. Real floor {p['real_floor_fid']:.2f} ({p['real_floor']}); real eval "
+                 f"images' class accuracy {p['real_eval_class_acc']:.3f}.")
+    return "\n".join(lines)
+
+
+def pictures(result: dict, folder: Path) -> dict[str, str]:
+    """FID vs NFE (teacher curve, students as points, error bars = std over training seeds) and FID during
+    distillation (checkpoint FIDs, mean and std over training seeds) -> {kind: file name}."""
+    from components.viz import fid_over_training, fid_vs_nfe
+
+    name = result["dataset"]
+    points = [{"model": "teacher", "nfe": t["nfe"], "fid": t["fid"]} for t in result["teacher"]]
+    points += [{"model": r["name"], "nfe": r["nfe"], "fid": r["fid"], "fid_std": r["fid_std_train"]}
+               for r in result["rows"]]
+    t_default = next(t for t in result["teacher"] if t["default"])
+    files = {"fid_vs_nfe": f"{name}-fid-vs-nfe.png", "convergence": f"{name}-convergence.png"}
+    fid_vs_nfe(points, f"{name}: FID vs NFE").save(folder / files["fid_vs_nfe"])
+    curves = {r["name"]: [(c["iteration"], c["fid"], c["fid_std"]) for c in r["curve"]] for r in result["rows"]
+              if r["curve"]}
+    fid_over_training(curves, t_default["fid"], result["protocol"]["real_floor_fid"],
+                      f"{name}: FID during distillation").save(folder / files["convergence"])
+    return files
+
+
+def page(results: list[dict], folder: Path, page_path: Path) -> str:
+    """docs/results.md from the saved results: per dataset, who measured it, the table, the pictures."""
+    import os
+
+    lines = ["# Benchmark results", "",
+             "Generated by `benchmarks/leaderboard.py` from the JSON files in "
+             f"`{os.path.relpath(folder, page_path.parent)}/`: do not edit by hand. Rerun with `--write-docs`, or "
+             "re-render with `--from-json` (see [benchmark.md](benchmark.md); the protocol is in "
+             "[evaluation.md](evaluation.md)).", ""]
+    for r in results:
+        prov = r["provenance"]
+        sha, dirty = prov["commit"].partition(" ")[::2]
+        rel = os.path.relpath(folder, page_path.parent)
+        lines += [f"## {r['dataset']} ({r['config']})", "",
+                  f"Measured {prov['started_utc']} to {prov['finished_utc']} on {prov['machine']}, at commit "
+                  f"`{sha}`{' ' + dirty if dirty else ''}. Command: "
+                  f"`{shlex.join(['python', 'benchmarks/leaderboard.py', *prov['argv']])}`.", "",
+                  table(r), "",
+                  f"![FID vs NFE]({rel}/{r['pictures']['fid_vs_nfe']})",
+                  f"![FID during distillation]({rel}/{r['pictures']['convergence']})", ""]
+    return "\n".join(lines)
+
+
+def write_docs(results: list[dict], folder: Path, page_path: Path) -> None:
+    from components.atomic import write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        r["pictures"] = pictures(r, folder)
+        write_json(folder / f"{r['dataset']}.json", r)
+    render(folder, page_path)
+
+
+def render(folder: Path, page_path: Path) -> None:
+    from components.atomic import write_text
+
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise SpecError(f"--from-json: no <dataset>.json in '{folder}': run the leaderboard with --write-docs first")
+    results = []
+    for f in files:
+        try:
+            results.append(json.loads(f.read_text()))
+        except ValueError as exc:
+            raise SpecError(f"'{f}': not a leaderboard result ({exc})") from None
+        if not all(k in results[-1] for k in ("dataset", "rows", "teacher", "provenance", "pictures")):
+            raise SpecError(f"'{f}': not a leaderboard result (needs dataset, rows, teacher, provenance, pictures)")
+    write_text(page_path, page(results, folder, page_path))
+    print(f"wrote {page_path}", file=sys.stderr)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    folder = Path(args.results)
+    page_path = Path(args.write_docs or ROOT / PAGE)
+    if args.from_json:
+        render(folder, page_path)
+        return []
+    spec = load_spec(args.spec, args.dataset, args.rows, args.train_seeds)
+    prov = provenance(sys.argv[1:] if argv is None else list(argv))
+    results = []
+    for name in spec["datasets"]:
+        result = run_dataset(name, spec, args, prov)
+        print("\n" + table(result) + "\n")
+        results.append(result)
+        if args.write_docs:
+            write_docs([result], folder, page_path)
+    if args.out:
+        from components.atomic import write_json
+
+        write_json(args.out, results[-1])
+    print(json.dumps(results[-1] if len(results) == 1 else results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""benchmarks/leaderboard.py on a tiny spec: the protocol it promises (one sample count everywhere, training
+seeds, the row scored at distill.iterations while the curve goes on), the files it writes, bad input."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from benchmarks import leaderboard as lb
+from tests.conftest import TINY_TEACHER
+
+TINY = {"teacher": {**TINY_TEACHER, "block_out_channels": [16, 32]}, "features": {"dim": 16, "train_steps": 30},
+        "distill": {"iterations": 4, "batch_size": 8, "log_every": 2, "fid_every": 2, "dfake_gen_update_ratio": 2},
+        "evaluation": {"num_samples": 60, "batch_size": 60, "teacher_nfe_steps": [2], "latency_repeats": 2},
+        "compute": {"threads": 1}}
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory, digits_npz):
+    tmp = tmp_path_factory.mktemp("leaderboard")
+    config = tmp / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"parameters": {"params_file": "params.yaml", "data": {"path": digits_npz},
+                                                     **TINY}}))
+    spec = tmp / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "datasets": {"tiny": {"config": str(config)}}, "train_seeds": [0, 1], "sample_seeds": [0, 1],
+        "rows": [{"name": "one step", "distill": {"denoising_timesteps": [999]}},
+                 {"name": "two steps", "distill": {"denoising_timesteps": [999, 499]}}]}))
+    args = ["--spec", str(spec), "--cache", str(tmp / "cache"), "--results", str(tmp / "results"),
+            "--write-docs", str(tmp / "results.md"), "--long", "2"]
+    result = lb.main(args)[0]
+    return tmp, spec, args, result
+
+
+def test_every_figure_uses_one_sample_count_and_the_seeds(board):
+    _, _, _, r = board
+    p = r["protocol"]
+    assert p["num_samples"] == 60 and "60 of" in p["real_floor"] and p["torch_threads"] == 1
+    assert [t["nfe"] for t in r["teacher"]] == [5, 3] and r["teacher"][0]["default"]
+    for row in r["rows"]:
+        assert [s["seed"] for s in row["per_seed"]] == [0, 1]
+        assert all(len(s["fid_per_sample_seed"]) == 2 for s in row["per_seed"])
+        # two training seeds are two different students
+        assert row["per_seed"][0]["fid"] != row["per_seed"][1]["fid"] and row["fid_std_train"] > 0
+        assert row["fid"] == pytest.approx(sum(s["fid"] for s in row["per_seed"]) / 2)
+        assert row["excess_fid"] == pytest.approx(row["fid"] - p["real_floor_fid"])
+        # scored at distill.iterations (4); the curve goes on to --long 2 x 4
+        assert row["iterations"] == 4 and [c["iteration"] for c in row["curve"]] == [2, 4, 6, 8]
+    assert [row["nfe"] for row in r["rows"]] == [1, 2]
+
+
+def test_the_row_is_the_student_at_the_default_length(board, one_thread):
+    """No schedule depends on distill.iterations: the student kept at 4 of 8 iterations is the one a
+    4-iteration run returns (what makes one long run serve the row and the convergence curve)."""
+    tmp, spec, _, _ = board
+    s = lb.load_spec(str(spec), None, "one step", 1)
+    cfg = lb.run_config(s["datasets"]["tiny"]["config"])
+    folder = lb.shared_artifacts(cfg, tmp / "cache", need_pairs=False)
+    ctx = lb.Context("tiny", "tiny", cfg, folder, [0])
+    short, _, _ = lb.distill_one(ctx, s["rows"][0], 0, 1.0)
+    long, curve, _ = lb.distill_one(ctx, s["rows"][0], 0, 2.0)
+    assert [i for i, _ in curve] == [2, 4, 6, 8]
+    for a, b in zip(short.parameters(), long.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_docs_json_and_pictures_and_rerender(board):
+    tmp, _, _, r = board
+    saved = json.loads((tmp / "results" / "tiny.json").read_text())
+    assert saved["rows"][0]["name"] == "one step"
+    for picture in saved["pictures"].values():
+        assert (tmp / "results" / picture).stat().st_size > 1000
+    page = (tmp / "results.md").read_text()
+    assert "| one step | 1 |" in page and "| two steps | 2 |" in page and saved["provenance"]["commit"][:12] in page
+    (tmp / "results.md").unlink()
+    lb.main(["--from-json", "--results", str(tmp / "results"), "--write-docs", str(tmp / "results.md")])
+    assert (tmp / "results.md").read_text() == page
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rows": [{"name": "x"}, {"name": "x"}]}, "unique names"),
+    ({"train_seeds": []}, "train_seeds must be a non-empty list"),
+    ({"datasets": {"tiny": {}}}, "datasets.tiny needs config"),
+])
+def test_a_bad_spec_is_one_line_and_exit_2(board, tmp_path, capsys, change, message):
+    _, spec, _, _ = board
+    bad = {**yaml.safe_load(spec.read_text()), **change}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(SystemExit) as exc:
+        lb.main(["--spec", str(path), "--cache", str(tmp_path / "c"), "--results", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "r").exists()     # nothing written
+
+
+def test_unknown_rows_and_missing_files_are_named(board, tmp_path, capsys):
+    _, spec, _, _ = board
+    for argv, message in ((["--spec", str(spec), "--rows", "three steps"], "--rows: unknown ['three steps']"),
+                          (["--spec", str(tmp_path / "absent.yaml")], "absent.yaml': no such file"),
+                          (["--from-json", "--results", str(tmp_path / "none")], "no <dataset>.json")):
+        with pytest.raises(SystemExit) as exc:
+            lb.main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
