@@ -9,8 +9,8 @@ set, sample count and seeds, as one table (JSON), two pictures and docs/results.
 
 Protocol (docs/evaluation.md). Per dataset, one run config (configs/*.yaml: params_file + overrides)
 gives the data, teacher, feature net and evaluation settings; they are built once by the DVC stage
-functions (components/stages.py) into .benchmarks/leaderboard/<key>/ and reused while their sections
-and the data are unchanged. Every FID uses evaluation.num_samples class-balanced samples against the
+functions (components/stages.py) into .benchmarks/leaderboard/<name>-<key>/, each reused while the
+data and the sections it is made of are unchanged. Every FID uses evaluation.num_samples class-balanced samples against the
 real eval split; the real-vs-real floor uses the same count. A teacher row is sampled once per
 sampling seed; a student row is distilled once per training seed (distill.seed) and each student
 sampled once per sampling seed: FID is the mean over all of them, `fid_std_train` the std of the
@@ -141,39 +141,42 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def shared_artifacts(cfg, cache: Path, need_pairs: bool) -> Path:
-    """Run the DVC stage functions that are missing into cache/<key>/: dataset, feature_net, teacher
-    (and pairs). The key is the data's md5 and every section those stages read."""
+def shared_artifacts(cfg, cache: Path, need_pairs: bool) -> dict[str, Path]:
+    """Run the DVC stage functions whose output is missing: dataset, feature_net, teacher (and pairs),
+    each into cache/<name>-<key>/, keyed by what it is made of (the data's md5 and the sections it
+    reads, plus its inputs' keys): a new feature net reuses the teacher and the other way round.
+    -> {name: folder}."""
     import yaml
 
     from components import stages
     from components.data.versioning import dvc_md5
 
-    sections = cfg.as_dict()
-    key = _key(dvc_md5(sections["data"]["path"]), {k: sections[k] for k in ("data", "features", "teacher", "pairs",
-                                                                          "compute")})
-    folder = cache / key
-    folder.mkdir(parents=True, exist_ok=True)
-    params = folder / "params.yaml"
-    params.write_text(yaml.safe_dump(sections, sort_keys=False))
-    todo = [("data", "dataset", []), ("features", "feature_net", ["--dataset", "dataset"]),
-            ("teacher", "teacher", ["--dataset", "dataset", "--plots", "teacher_loss.csv"])]
+    s = cfg.as_dict()
+    keys = {"dataset": _key(dvc_md5(s["data"]["path"]), s["data"])}
+    keys["feature_net"] = _key(keys["dataset"], s["features"], s["compute"])
+    keys["teacher"] = _key(keys["dataset"], s["teacher"], s["compute"])
+    keys["pairs"] = _key(keys["teacher"], s["pairs"], s["compute"])
+    paths = {name: cache / f"{name}-{key}" for name, key in keys.items()}
+    cache.mkdir(parents=True, exist_ok=True)
+    params = cache / f"params-{_key(s)}.yaml"
+    params.write_text(yaml.safe_dump(s, sort_keys=False))
+    todo = [("data", "dataset", []), ("features", "feature_net", ["--dataset", paths["dataset"]]),
+            ("teacher", "teacher", ["--dataset", paths["dataset"], "--plots", paths["teacher"] / "loss.csv"])]
     if need_pairs:
-        todo.append(("pairs", "pairs", ["--teacher", "teacher"]))
+        todo.append(("pairs", "pairs", ["--teacher", paths["teacher"]]))
     for stage, out, extra in todo:
-        if (folder / out).is_dir():
+        if paths[out].is_dir():
             continue
-        print(f"building {stage} -> {folder / out}", file=sys.stderr)
-        extra = [str(folder / e) if i % 2 else e for i, e in enumerate(extra)]
-        if stages.main([stage, "--params", str(params), "--out", str(folder / out), *extra]) != 0:
+        print(f"building {stage} -> {paths[out]}", file=sys.stderr)
+        if stages.main([stage, "--params", str(params), "--out", str(paths[out]), *map(str, extra)]) != 0:
             raise SystemExit(f"leaderboard: stage {stage} failed (see above)")
-    return folder
+    return {k: v for k, v in paths.items() if v.is_dir()}
 
 
 class Context:
     """One dataset's shared artifacts and sampling protocol."""
 
-    def __init__(self, name: str, config: str, cfg, folder: Path, sample_seeds: list[int]):
+    def __init__(self, name: str, config: str, cfg, paths: dict[str, Path], sample_seeds: list[int]):
         import torch
 
         from components.data import ImageDataset
@@ -184,13 +187,13 @@ class Context:
         from components.metrics.evaluate import extractor_for, real_floor, reference_features
         from components.teacher import teacher_sampling
 
-        self.name, self.config, self.cfg, self.folder = name, config, cfg, folder
-        self.data = ImageDataset.load(folder / "dataset")
-        self.fnet = FeatureNet.from_pretrained(folder / "feature_net")
-        self.teacher = load_denoiser(folder / "teacher", what="teacher")
+        self.name, self.config, self.cfg, self.paths = name, config, cfg, paths
+        self.data = ImageDataset.load(paths["dataset"])
+        self.fnet = FeatureNet.from_pretrained(paths["feature_net"])
+        self.teacher = load_denoiser(paths["teacher"], what="teacher")
         self.teacher.sampling = teacher_sampling(cfg.teacher, self.teacher)
         self.teacher_sha = state_hash(self.teacher)
-        self.pairs = load_pairs(folder / "pairs", self.teacher_sha) if (folder / "pairs").is_dir() else None
+        self.pairs = load_pairs(paths["pairs"], self.teacher_sha) if "pairs" in paths else None
         self.extractor = extractor_for(cfg.evaluation.extractor(), self.fnet)
         self.refs = reference_features(self.extractor, self.data)
         self.n, self.sample_seeds = cfg.evaluation.num_samples, sample_seeds
@@ -238,7 +241,8 @@ def teacher_rows(ctx: Context) -> list[dict]:
     and protocol in the artifacts folder."""
     from components.metrics.evaluate import with_heun_steps
 
-    cache = ctx.folder / f"teacher-eval-{_key(ctx.protocol(), ctx.cfg.evaluation.model_dump(mode='json'))}.json"
+    key = _key(ctx.paths["feature_net"].name, ctx.protocol(), ctx.cfg.evaluation.model_dump(mode="json"))
+    cache = ctx.paths["teacher"].parent / f"{ctx.paths['teacher'].name}-eval-{key}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     rows = []
@@ -328,8 +332,8 @@ def run_dataset(name: str, spec: dict, args, prov: dict) -> dict:
             raise SpecError(f"leaderboard row {row['name']!r}: {exc}") from None
     need_pairs = any(c.regression_weight > 0 or c.warm_start_iterations > 0 for c in rows_cfg.values()
                      if hasattr(c, "regression_weight"))
-    folder = shared_artifacts(cfg, Path(args.cache), need_pairs)
-    ctx = Context(name, config, cfg, folder, spec["sample_seeds"])
+    paths = shared_artifacts(cfg, Path(args.cache), need_pairs)
+    ctx = Context(name, config, cfg, paths, spec["sample_seeds"])
     teacher = teacher_rows(ctx)
     default = next(t for t in teacher if t["default"])
     rows = [student_row(ctx, row, spec["train_seeds"], args.long, default) for row in spec["rows"]]

@@ -119,13 +119,13 @@ class Context:
         self.seeds, self.labels = seeds, balanced_labels(self.n, self.data.num_classes)
 
     def evaluate(self, model, who: str, progress: bool = False) -> tuple[dict, list]:
-        """Mean (and std) over the seeds of FID, KID, class accuracy; NFE, throughput, p50 latency."""
+        """Mean (and std) over the seeds of FID, class accuracy; NFE, throughput, p50 latency."""
         import numpy as np
 
         from components.diffusion.generate import generate
         from components.metrics.evaluate import latency_p50, score_samples
 
-        per, feats, sec = {"fid": [], "fid_train": [], "kid": [], "class_acc": []}, [], 0.0
+        per, feats, sec = {"fid": [], "fid_train": [], "class_acc": []}, [], 0.0
         for seed in range(self.seeds):
             gen = generate(model, self.labels, seed, 500, progress=progress, desc=f"{who} seed {seed}")
             m, f = score_samples(gen, who, self.extractor, self.fnet, self.refs)
@@ -270,14 +270,14 @@ def report_table(result: dict) -> str:
     """The markdown table of a result: header, the teacher's row, one row per variant (no trailing newline)."""
     teacher, rows = result["teacher"], result["rows"]
     header = (f"| model | steps (NFE) | FID (eval split), mean of {result['seeds']} seeds | std | FID / teacher "
-              "| KID | class acc | distill s | p50 ms/image | images/s |")
+              "| class acc | distill s | p50 ms/image | images/s |")
     teacher_row = (f"| teacher (Heun) | {teacher['nfe']} | {teacher['fid']:.3f} | {teacher['fid_std']:.3f} | 1.000 | "
-                   f"{teacher['kid']:.4f} | {teacher['class_acc']:.3f} | - | {teacher['latency_p50_ms']:.1f} | "
+                   f"{teacher['class_acc']:.3f} | - | {teacher['latency_p50_ms']:.1f} | "
                    f"{teacher['throughput']:.0f} |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|---|", teacher_row]
+    lines = [header, "|---|---|---|---|---|---|---|---|---|", teacher_row]
     for r in rows:
         lines.append(f"| {result['method']} {r['variant']} | {r['nfe']} | {r['fid']:.3f} | {r['fid_std']:.3f} | "
-                     f"{r['fid_ratio']:.3f} | {r['kid']:.4f} | {r['class_acc']:.3f} | {r['distill_seconds']:.0f} | "
+                     f"{r['fid_ratio']:.3f} | {r['class_acc']:.3f} | {r['distill_seconds']:.0f} | "
                      f"{r['latency_p50_ms']:.1f} | {r['throughput']:.0f} |")
     return "\n".join(lines)
 

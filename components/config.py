@@ -76,6 +76,9 @@ class FeatureNetConfig(Section):
     train_steps: int = Field(600, ge=1)    # ~10 s on 2 CPU cores for digits
     batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-3, gt=0)
+    shift: int = Field(0, ge=0)            # augmentation: random translation by up to this many pixels (background
+                                           # padded), so features describe shapes, not the train images' exact pixels
+    noise: float = Field(0.0, ge=0)        # augmentation: std of Gaussian noise added to the pixels ([-1, 1] scale)
     seed: int = 0
 
 

@@ -50,8 +50,10 @@ def gate_html(decision: dict) -> str:
 
 
 def run_report(metrics: dict, decision: dict, curve: Image.Image, teacher_grid: Image.Image,
-               student_grid: Image.Image, provenance: dict, title: str = "fewstep run report") -> str:
-    """The page: gate decision, metrics table, FID vs NFE, teacher vs student samples, provenance."""
+               student_grid: Image.Image, provenance: dict, title: str = "fewstep run report",
+               training: Image.Image | None = None) -> str:
+    """The page: gate decision, metrics table, FID vs NFE, FID during distillation (`training`, when
+    the run had checkpoint FIDs), teacher vs student samples, provenance."""
     if metrics.get("student_nonfinite_samples"):
         table = (f"<p class='fail'>The student's samples contain NaN/inf ({metrics['student_nonfinite_samples']} of "
                  f"{metrics['num_samples']}): it cannot be scored.</p>")
@@ -78,6 +80,7 @@ def run_report(metrics: dict, decision: dict, curve: Image.Image, teacher_grid: 
 {table}
 <h2>FID vs NFE</h2>
 {_img(curve, "FID vs NFE")}
+{"<h2>FID during distillation</h2>" + _img(training, "FID during distillation") if training is not None else ""}
 <h2>Samples (one row per class)</h2>
 <div class="grids"><figure>{_img(teacher_grid, "teacher samples")}<figcaption>teacher</figcaption></figure>
 <figure>{_img(student_grid, "student samples")}<figcaption>student</figcaption></figure></div>
@@ -85,6 +88,17 @@ def run_report(metrics: dict, decision: dict, curve: Image.Image, teacher_grid: 
 <table>{prov}</table>
 </body></html>
 """
+
+
+def training_curve(history: list[dict], metrics: dict) -> Image.Image | None:
+    """The student's checkpoint FIDs (history rows with 'fid') against the iteration, with the teacher's
+    FID and the real floor as lines; None when the run took none (distill.fid_every 0)."""
+    from components.viz import fid_over_training
+
+    points = [(int(h["iteration"]), float(h["fid"]), 0.0) for h in history if "fid" in h]
+    if not points:
+        return None
+    return fid_over_training({"student": points}, float(metrics["teacher_fid"]), float(metrics["real_floor_fid"]))
 
 
 def fid_points(teacher_curve: list[dict], metrics: dict) -> list[dict]:

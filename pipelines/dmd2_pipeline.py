@@ -59,6 +59,6 @@ def dmd2_pipeline(params_file: Optional[str] = None, data: Optional[Dict[str, An
     decision = quality_gate(metrics, dataset, feature_net, references, cfg.evaluation, cfg.gate,
                             lineage["built_at"])
     export_model(student, decision, metrics, lineage, dataset, cfg.export)
-    report, fid_plot = report_step(metrics, teacher_metrics, decision, teacher_grid, student_grid, lineage)
+    report, fid_plot = report_step(metrics, teacher_metrics, decision, teacher_grid, student_grid, lineage, history)
     log_to_wandb(history, metrics, decision, teacher_grid, student_grid, fid_plot, loss_curve, report, lineage,
                  cfg.tracking)

@@ -1,4 +1,4 @@
-"""Evaluation protocol: FID and KID against the held-out eval split (FID also vs the train split),
+"""Evaluation protocol: FID against the held-out eval split (also vs the train split; KID with Inception),
 the real-vs-real floor, class accuracy, NFE, p50 latency and throughput, the teacher's FID at
 several NFE, and student-teacher agreement on the same noise - each FID with its feature net,
 reference set and sample counts."""
@@ -58,7 +58,8 @@ def score_samples(gen: Generated, name: str, extractor, classifier: FeatureNet, 
     bad = int((~torch.isfinite(gen.images.flatten(1))).any(dim=1).sum())
     if bad:
         nan = float("nan")
-        return {**base, "fid": nan, "fid_train": nan, "kid": nan, "class_acc": nan, "nonfinite_samples": bad,
+        return {**base, "fid": nan, "fid_train": nan, "kid": nan if extractor.kid else None, "class_acc": nan,
+                "nonfinite_samples": bad,
                 "fid_detail": {"feature_net": extractor.name, "reference": refs["eval"].name,
                                "num_reference": len(refs["eval"].features), "samples": f"{name}-samples",
                                "num_samples": n, "fid": nan}}, None
@@ -68,7 +69,7 @@ def score_samples(gen: Generated, name: str, extractor, classifier: FeatureNet, 
                                                                            extractor.name)
     _, pred = classifier.embed(gen.images)
     return {**base, "fid": r_eval.fid, "fid_train": r_train.fid, "fid_detail": r_eval.as_dict(),
-            "kid": kid(feats.features, refs["eval"].features, kid_subsets, normalize=extractor.kid_normalize),
+            "kid": kid(feats.features, refs["eval"].features, kid_subsets) if extractor.kid else None,
             "class_acc": float((pred == gen.labels).float().mean()), "nonfinite_samples": 0}, feats
 
 

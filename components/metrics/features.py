@@ -75,8 +75,22 @@ class FeatureNet(nn.Module):
         return net.eval()
 
 
+def augment(x: torch.Tensor, shift: int, noise: float, g: torch.Generator) -> torch.Tensor:
+    """Each image moved by a random (dy, dx) in [-shift, shift] (the border filled with -1, the
+    background), plus N(0, noise^2) pixel noise; seeded by `g`. shift 0 and noise 0: x itself."""
+    if shift:
+        n, _, h, w = x.shape
+        padded = F.pad(x, (shift, shift, shift, shift), value=-1.0)
+        dy, dx = (torch.randint(0, 2 * shift + 1, (2, n), generator=g)).tolist()
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    if noise:
+        x = x + noise * torch.randn(x.shape, generator=g)
+    return x
+
+
 def train_feature_net(cfg: FeatureNetConfig, data: ImageDataset, progress: bool = True) -> tuple[FeatureNet, dict]:
-    """Cross-entropy on the TRAIN split (cosine lr); report eval-split accuracy."""
+    """Cross-entropy on the TRAIN split (cosine lr), on augmented images when cfg.shift / cfg.noise;
+    report eval-split accuracy."""
     g = seed_everything(cfg.seed)
     C, H, _ = data.shape
     net = FeatureNet(C, data.num_classes, cfg.dim, H).train()
@@ -86,7 +100,7 @@ def train_feature_net(cfg: FeatureNetConfig, data: ImageDataset, progress: bool 
     batches = BatchSampler(x_tr, y_tr, batch_size=min(cfg.batch_size, len(x_tr)), generator=g)
     for _ in tqdm(range(cfg.train_steps), desc="feature net", disable=not progress, mininterval=2):
         x, y = batches.next()
-        loss = F.cross_entropy(net(x), y)
+        loss = F.cross_entropy(net(augment(x, cfg.shift, cfg.noise, g)), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -111,16 +111,12 @@ class ReferenceFeatures:
 
 
 def kid(samples: np.ndarray, reference: np.ndarray, num_subsets: int = 100, max_subset_size: int = 1000,
-        seed: int = 0, normalize: bool = False) -> float:
+        seed: int = 0) -> float:
     """Kernel Inception Distance (Binkowski et al. 2018): the unbiased MMD^2 with the cubic polynomial
     kernel k(x, y) = (x.y / d + 1)^3, averaged over `num_subsets` random subsets of m = min(N_1, N_2,
-    max_subset_size) rows of each set (seeded, so a run reproduces). `normalize` divides both sets
-    by the reference's RMS feature value first: the cubic kernel assumes Inception-sized features
-    (RMS ~1); on larger ones (the dataset net's are ~11) its estimate is drowned in noise."""
+    max_subset_size) rows of each set (seeded, so a run reproduces). Reported for Inception features only
+    (components/metrics/extractors.py says why)."""
     x, y = np.asarray(samples, dtype=np.float64), np.asarray(reference, dtype=np.float64)
-    if normalize:
-        rms = float(np.sqrt((y ** 2).mean()))
-        x, y = x / rms, y / rms
     d, m = x.shape[1], min(len(x), len(y), max_subset_size)
     rng = np.random.default_rng(seed)
     total = 0.0

@@ -50,7 +50,8 @@ def summary_table(r: dict) -> str:
             ("FID vs train split", f"{r['teacher_fid_train']:.3f}", f"{r['student_fid_train']:.3f}"),
             ("class accuracy", f"{r['teacher_class_acc']:.3f}", f"{r['student_class_acc']:.3f}"),
             ("NFE", str(r["teacher_nfe"]), str(r["student_nfe"])),
-            ("KID vs eval split", f"{r['teacher_kid']:.4f}", f"{r['student_kid']:.4f}"),
+            *([("KID vs eval split", f"{r['teacher_kid']:.4f}", f"{r['student_kid']:.4f}")]
+              if r["teacher_kid"] is not None and r["student_kid"] is not None else []),
             ("sampling seconds", f"{r['teacher_sampling_seconds']:.2f}", f"{r['student_sampling_seconds']:.2f}"),
             ("p50 latency per image (ms, batch 1)", f"{r['teacher_latency_p50_ms']:.1f}",
              f"{r['student_latency_p50_ms']:.1f}"),

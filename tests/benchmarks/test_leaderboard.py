@@ -55,8 +55,9 @@ def test_the_row_is_the_student_at_the_default_length(board, one_thread):
     tmp, spec, _, _ = board
     s = lb.load_spec(str(spec), None, "one step", 1)
     cfg = lb.run_config(s["datasets"]["tiny"]["config"])
-    folder = lb.shared_artifacts(cfg, tmp / "cache", need_pairs=False)
-    ctx = lb.Context("tiny", "tiny", cfg, folder, [0])
+    paths = lb.shared_artifacts(cfg, tmp / "cache", need_pairs=False)
+    assert sorted(paths) == ["dataset", "feature_net", "teacher"]
+    ctx = lb.Context("tiny", "tiny", cfg, paths, [0])
     short, _, _ = lb.distill_one(ctx, s["rows"][0], 0, 1.0)
     long, curve, _ = lb.distill_one(ctx, s["rows"][0], 0, 2.0)
     assert [i for i, _ in curve] == [2, 4, 6, 8]

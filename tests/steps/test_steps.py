@@ -67,7 +67,7 @@ def test_ingest_and_models(chain):
 
 
 def test_evaluate_and_report_steps(chain):
-    dataset, fnet, teacher, _, student, _, _, refs = chain
+    dataset, fnet, teacher, _, student, history, _, refs = chain
     t_metrics, t_feats, t_grid = evaluate_teacher.entrypoint(teacher, dataset, fnet, refs, EVAL)
     assert t_metrics["nfe"] == 2 * TINY_TEACHER["sampler_steps"] - 1
     assert t_feats.features.shape == (60, 16)
@@ -89,10 +89,12 @@ def test_evaluate_and_report_steps(chain):
     decision = {"passed": False, "promote_to": None, "reasons": ["FID ratio to teacher: 3 vs 2"],
                 "checks": [{"rule": "FID ratio to teacher", "value": 3.0, "threshold": 2.0, "passed": False}]}
     lineage = {"data_path": "data/x.npz", "data_md5": "abc123", "git_commit": "deadbeef", "built_at": "now"}
-    page, plot = report_step.entrypoint(metrics, t_metrics, decision, t_grid, grid, lineage)
-    for text in ("REJECTED", "FID ratio to teacher", "FID vs NFE", "abc123", "data:image/png;base64,",
-                 f"{metrics['student_fid']:.3f}"):
+    page, plot = report_step.entrypoint(metrics, t_metrics, decision, t_grid, grid, lineage, history)
+    for text in ("REJECTED", "FID ratio to teacher", "FID vs NFE", "FID during distillation", "abc123",
+                 "data:image/png;base64,", f"{metrics['student_fid']:.3f}"):
         assert text in str(page)
+    without = report_step.entrypoint(metrics, t_metrics, decision, t_grid, grid, lineage, [history[0]])[0]
+    assert "FID during distillation" not in str(without)         # no checkpoint FID, no picture
     assert isinstance(plot, Image.Image) and plot.size[0] > 200
 
 
