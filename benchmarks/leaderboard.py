@@ -10,11 +10,12 @@ set, sample count and seeds, as one table (JSON), two pictures and docs/results.
 Protocol (docs/evaluation.md). Per dataset, one run config (configs/*.yaml: params_file + overrides)
 gives the data, teacher, feature net and evaluation settings; they are built once by the DVC stage
 functions (components/stages.py) into .benchmarks/leaderboard/<name>-<key>/, each reused while the
-data and the sections it is made of are unchanged. Every FID uses evaluation.num_samples class-balanced samples against the
-real eval split; the real-vs-real floor uses the same count. A teacher row is sampled once per
-sampling seed; a student row is distilled once per training seed (distill.seed) and each student
-sampled once per sampling seed: FID is the mean over all of them, `fid_std_train` the std of the
-per-training-seed means (what a rerun moves), `fid_std_sample` the mean std over sampling seeds.
+data and the sections it is made of are unchanged. Every FID uses evaluation.num_samples
+class-balanced samples against the real eval split; the real-vs-real floor uses the same count.
+A teacher row is sampled once per sampling seed; a student row is distilled once per training
+seed (distill.seed) and each student sampled once per sampling seed: FID is the mean over all of
+them, `fid_std_train` the std of the per-training-seed means (what a rerun moves),
+`fid_std_sample` the mean std over sampling seeds.
 With --long F each student trains on to F x distill.iterations; the row's figures are still those of
 the student at distill.iterations (no schedule depends on the length, so that student is the same),
 and the checkpoint FIDs on the way (every distill.fid_every) make the convergence picture.
@@ -369,9 +370,10 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def pictures(result: dict, folder: Path) -> dict[str, str]:
-    """FID vs NFE (teacher curve, students as points, error bars = std over training seeds) and FID during
-    distillation (checkpoint FIDs, mean and std over training seeds) -> {kind: file name}."""
+def pictures(result: dict, folder: Path) -> None:
+    """Draw result["pictures"] (kind -> file name in `folder`): FID vs NFE (teacher curve, students as points,
+    error bars = std over training seeds) and FID during distillation (checkpoint FIDs, mean and std over
+    training seeds)."""
     from components.viz import fid_over_training, fid_vs_nfe
 
     name = result["dataset"]
@@ -379,13 +381,12 @@ def pictures(result: dict, folder: Path) -> dict[str, str]:
     points += [{"model": r["name"], "nfe": r["nfe"], "fid": r["fid"], "fid_std": r["fid_std_train"]}
                for r in result["rows"]]
     t_default = next(t for t in result["teacher"] if t["default"])
-    files = {"fid_vs_nfe": f"{name}-fid-vs-nfe.png", "convergence": f"{name}-convergence.png"}
+    files = result["pictures"]
     fid_vs_nfe(points, f"{name}: FID vs NFE").save(folder / files["fid_vs_nfe"])
     curves = {r["name"]: [(c["iteration"], c["fid"], c["fid_std"]) for c in r["curve"]] for r in result["rows"]
               if r["curve"]}
     fid_over_training(curves, t_default["fid"], result["protocol"]["real_floor_fid"],
                       f"{name}: FID during distillation").save(folder / files["convergence"])
-    return files
 
 
 def page(results: list[dict], folder: Path, page_path: Path) -> str:
@@ -416,7 +417,8 @@ def write_docs(results: list[dict], folder: Path, page_path: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     for r in results:
-        r["pictures"] = pictures(r, folder)
+        name = r["dataset"]
+        r["pictures"] = {"fid_vs_nfe": f"{name}-fid-vs-nfe.png", "convergence": f"{name}-convergence.png"}
         write_json(folder / f"{r['dataset']}.json", r)
     render(folder, page_path)
 
@@ -435,6 +437,8 @@ def render(folder: Path, page_path: Path) -> None:
             raise SpecError(f"'{f}': not a leaderboard result ({exc})") from None
         if not all(k in results[-1] for k in ("dataset", "rows", "teacher", "provenance", "pictures")):
             raise SpecError(f"'{f}': not a leaderboard result (needs dataset, rows, teacher, provenance, pictures)")
+    for r in results:                          # the pictures are drawn from the JSON too: they always agree
+        pictures(r, folder)
     write_text(page_path, page(results, folder, page_path))
     print(f"wrote {page_path}", file=sys.stderr)
 

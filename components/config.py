@@ -135,7 +135,7 @@ class DistillConfig(Section):
 class GateConfig(Section):
     fid_max: Optional[float] = Field(None, gt=0)          # absolute ceiling on the student's FID (eval split)
     fid_ratio_max: Optional[float] = Field(None, gt=0)    # student FID / teacher FID at most this
-    excess_fid_ratio_max: Optional[float] = Field(3.0, gt=0)  # (student FID - floor) / (teacher FID - floor) at
+    excess_fid_ratio_max: Optional[float] = Field(4.0, gt=0)  # (student FID - floor) / (teacher FID - floor) at
                                           # most this: how much further above the real-vs-real floor than the teacher
     class_acc_min: Optional[float] = Field(0.9, ge=0, le=1)  # floor on the student's class accuracy (None: off)
     beat_production: bool = True            # FID no worse than the production model's on the same references

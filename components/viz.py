@@ -54,7 +54,8 @@ def _to_image(fig) -> Image.Image:
 
 def fid_vs_nfe(points: list[dict], title: str = "FID vs NFE") -> Image.Image:
     """points: {'model', 'nfe', 'fid'[, 'fid_std']}; one line per model (the teacher at several step
-    counts), log-scaled NFE axis, error bars where a std is given."""
+    counts), log-scaled NFE axis (and FID axis when the FIDs span more than 20x), error bars where a
+    std is given."""
     fig, ax = _pyplot().subplots(figsize=(5, 3.4), dpi=100)
     for model in sorted({p["model"] for p in points}):
         pts = sorted((p["nfe"], p["fid"], p.get("fid_std", 0.0)) for p in points if p["model"] == model)
@@ -64,6 +65,9 @@ def fid_vs_nfe(points: list[dict], title: str = "FID vs NFE") -> Image.Image:
         for nfe, f, _ in pts:
             ax.annotate(f"{f:.1f}", (nfe, f), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
+    fids = [p["fid"] for p in points if p["fid"] > 0]
+    if fids and max(fids) > 20 * min(fids):      # a teacher at too few steps would flatten every other point
+        ax.set_yscale("log")
     ax.set_xlabel("NFE (network evaluations per image)")
     ax.set_ylabel("FID (eval split)")
     ax.set_title(title)
