@@ -262,25 +262,26 @@ def teacher_rows(ctx: Context) -> list[dict]:
 def distill_one(ctx: Context, row: dict, seed: int, long: float) -> tuple[object, list[tuple[int, float]], float]:
     """One training seed of a row -> (the student at distill.iterations, checkpoint FIDs [(iteration,
     FID)] up to long x iterations, distillation seconds to distill.iterations without the FID callbacks)."""
-    from components.diffusion.generate import generate
     from components.methods import build_method, distill
-    from components.metrics.evaluate import score_samples
+    from components.metrics.evaluate import checkpoint_fid
     from components.params import merge
 
     base = merge(ctx.cfg.distill.model_dump(mode="json"), row.get("distill") or {})
     iterations = int(base["iterations"])
     cfg = {**base, "seed": seed, "iterations": int(round(iterations * long)), "checkpoint_every": 0,
-           "resume": "never"}
+           "resume": "never", "fid_every": base["fid_every"] or iterations}
     method = build_method(ctx.teacher, cfg, ctx.data, ctx.pairs)
-    every = method.cfg.fid_every or iterations
+    ev = ctx.cfg.evaluation
+    fid_at_checkpoints = checkpoint_fid(method, ctx.fnet, ctx.refs, ev.extractor(), ev.num_samples, ev.seed,
+                                        ev.batch_size)           # the pipeline's own checkpoint FIDs
     curve, kept, spent = [], {}, [0.0]
     t0 = time.perf_counter()
 
-    def callback(it: int, _row: dict) -> None:
+    def callback(it: int, log_row: dict) -> None:
         t = time.perf_counter()
-        if it % every == 0 or it == method.cfg.iterations:
-            gen = generate(method.student(), ctx.labels, ctx.cfg.evaluation.seed, ctx.cfg.evaluation.batch_size)
-            curve.append((it, score_samples(gen, "checkpoint", ctx.extractor, ctx.fnet, ctx.refs)[0]["fid"]))
+        fid_at_checkpoints(it, log_row)
+        if "fid" in log_row:
+            curve.append((it, log_row["fid"]))
         if it == iterations:
             kept["student"], kept["seconds"] = method.student(), t - t0 - spent[0]
         spent[0] += time.perf_counter() - t
