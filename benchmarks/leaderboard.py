@@ -19,6 +19,10 @@ them, `fid_std_train` the std of the per-training-seed means (what a rerun moves
 With --long F each student trains on to F x distill.iterations; the row's figures are still those of
 the student at distill.iterations (no schedule depends on the length, so that student is the same),
 and the checkpoint FIDs on the way (every distill.fid_every) make the convergence picture.
+Each student seed's figures and curve are cached (<cache>/students/): a rerun, another row or a longer
+--long distills only what is missing, so a leaderboard can be filled over several sittings; --fresh
+distills everything again (the key holds the data, teacher, feature net, protocol and distill config,
+not the code).
 Run it alone: a second torch process on 2 cores distorts every timing.
 """
 from __future__ import annotations
@@ -60,7 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--train-seeds", type=int, default=None, help="use the first N training seeds of the spec")
     p.add_argument("--long", type=float, default=1.0, help="train each student to this many times distill.iterations "
                    "(>= 1); the row is still scored at distill.iterations, the curve goes on")
-    p.add_argument("--cache", default=str(CACHE), help="folder for the shared data, feature net and teacher")
+    p.add_argument("--cache", default=str(CACHE), help="folder for the shared data, feature net and teacher, and "
+                   "each student seed's figures (reused when the same run went at least as far)")
+    p.add_argument("--fresh", action="store_true", help="distill every student seed again (after a code change)")
     p.add_argument("--out", default=None, help="also write the JSON of the (last) dataset here")
     p.add_argument("--results", default=str(ROOT / RESULTS), help="--write-docs: folder of <dataset>.json + pictures")
     p.add_argument("--write-docs", nargs="?", const=str(ROOT / PAGE), default=None, metavar="PAGE",
@@ -203,6 +209,7 @@ class Context:
         x_ev, y_ev = self.data.split("eval")
         self.real_class_acc = float((self.fnet.embed(x_ev)[1] == y_ev).float().mean())
         self.threads = torch.get_num_threads()
+        self.commit = "unknown"                 # set by run_dataset: the commit each student seed records
 
     def protocol(self) -> dict:
         return {"feature_net": self.extractor.name, "num_samples": self.n, "sample_seeds": self.sample_seeds,
@@ -290,12 +297,44 @@ def distill_one(ctx: Context, row: dict, seed: int, long: float) -> tuple[object
     return kept["student"], curve, kept["seconds"]
 
 
-def student_row(ctx: Context, row: dict, seeds: list[int], long: float, teacher: dict) -> dict:
+OPERATIONAL = ("device", "log_every", "checkpoint_every", "checkpoint_dir", "resume")  # how, not what: not compared
+
+
+def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) -> tuple[dict, list]:
+    """One training seed of a row -> (its figures, its checkpoint curve up to long x iterations), from the
+    cache when a run of the same row, seed, data, teacher, feature net and protocol went at least as far.
+    The entry keeps the resolved distill config it ran: a value that differs now (a changed default
+    included) is a miss; a field added since, at its default, is not. The code is not part of the key:
+    after changing a method's code, rerun with --fresh (each entry names the commit it ran at)."""
+    from components.atomic import write_json
+    from components.params import merge
+
+    distill_cfg = {k: v for k, v in merge(ctx.cfg.distill.model_dump(mode="json"), row.get("distill") or {}).items()
+                   if k not in OPERATIONAL}
+    distill_cfg["seed"] = seed
+    key = _key(ctx.paths["dataset"].name, ctx.paths["feature_net"].name, ctx.paths["teacher"].name,
+               ctx.protocol(), row["name"], seed)
+    path = ctx.paths["teacher"].parent / "students" / f"{key}.json"
+    end = int(round(int(distill_cfg["iterations"]) * long))
+    if path.is_file() and not fresh:
+        entry = json.loads(path.read_text())
+        same = all(entry["distill"][k] == v for k, v in distill_cfg.items() if k in entry["distill"])
+        if same and entry["end"] >= end:
+            print(f"{ctx.name}: {row['name']}, training seed {seed}: cached ({path.name})", file=sys.stderr)
+            return entry["result"], [tuple(c) for c in entry["curve"] if c[0] <= end]
+    print(f"{ctx.name}: {row['name']}, training seed {seed}", file=sys.stderr)
+    student, curve, seconds = distill_one(ctx, row, seed, long)
+    result = {"seed": seed, "distill_seconds": seconds, **ctx.evaluate(student, row["name"]),
+              "commit": ctx.commit}
+    write_json(path, {"distill": distill_cfg, "end": end, "curve": curve, "result": result})
+    return result, curve
+
+
+def student_row(ctx: Context, row: dict, seeds: list[int], long: float, teacher: dict, fresh: bool = False) -> dict:
     per_seed, curves = [], []
     for seed in seeds:
-        print(f"{ctx.name}: {row['name']}, training seed {seed}", file=sys.stderr)
-        student, curve, seconds = distill_one(ctx, row, seed, long)
-        per_seed.append({"seed": seed, "distill_seconds": seconds, **ctx.evaluate(student, row["name"])})
+        result, curve = seed_result(ctx, row, seed, long, fresh)
+        per_seed.append(result)
         curves.append(curve)
     fids = [r["fid"] for r in per_seed]
     mean = lambda k: statistics.fmean(r[k] for r in per_seed)          # noqa: E731
@@ -338,7 +377,11 @@ def run_dataset(name: str, spec: dict, args, prov: dict) -> dict:
     ctx = Context(name, config, cfg, paths, spec["sample_seeds"])
     teacher = teacher_rows(ctx)
     default = next(t for t in teacher if t["default"])
-    rows = [student_row(ctx, row, spec["train_seeds"], args.long, default) for row in spec["rows"]]
+    ctx.commit = prov["commit"]
+    rows = []
+    for row in spec["rows"]:
+        rows.append(student_row(ctx, row, spec["train_seeds"], args.long, default, args.fresh))
+        rows[-1]["measured"] = {"commit": prov["commit"], "finished_utc": utc_now()}
     return {"dataset": name, "config": config, "protocol": ctx.protocol(), "train_seeds": spec["train_seeds"],
             "teacher": teacher, "rows": rows, "provenance": {**prov, "finished_utc": utc_now()}}
 
@@ -349,24 +392,25 @@ def run_dataset(name: str, spec: dict, args, prov: dict) -> dict:
 def table(result: dict) -> str:
     """The markdown table of one dataset: teacher rows, then students."""
     p = result["protocol"]
-    head = ("| model | NFE | FID | std (train seeds) | std (sample seeds) | excess FID | excess / teacher's "
-            "| class acc | p50 ms (batch 1) | images/s | parameters | distill s |")
-    lines = [head, "|" + "---|" * 12]
+    head = ("| model | NFE | FID | train seeds | std (train seeds) | std (sample seeds) | excess FID | "
+            "excess / teacher's | class acc | p50 ms (batch 1) | images/s | parameters | distill s |")
+    lines = [head, "|" + "---|" * 13]
     t_default = next(t for t in result["teacher"] if t["default"])
     for t in result["teacher"]:
         ratio = t["excess_fid"] / t_default["excess_fid"] if t_default["excess_fid"] > 0 else float("nan")
-        lines.append(f"| {t['name']} | {t['nfe']} | {t['fid']:.2f} | - | {t['fid_std_sample']:.2f} | "
+        lines.append(f"| {t['name']} | {t['nfe']} | {t['fid']:.2f} | - | - | {t['fid_std_sample']:.2f} | "
                      f"{t['excess_fid']:.2f} | {ratio:.2f} | {t['class_acc']:.3f} | {t['latency_p50_ms']:.1f} | "
                      f"{t['throughput']:.0f} | {t['parameters']:,} | - |")
     for r in result["rows"]:
-        lines.append(f"| {r['name']} | {r['nfe']} | {r['fid']:.2f} | {r['fid_std_train']:.2f} | "
-                     f"{r['fid_std_sample']:.2f} | {r['excess_fid']:.2f} | {r['excess_fid_ratio']:.2f} | "
+        lines.append(f"| {r['name']} | {r['nfe']} | {r['fid']:.2f} | {len(r['train_seeds'])} | "
+                     f"{r['fid_std_train']:.2f} | {r['fid_std_sample']:.2f} | {r['excess_fid']:.2f} | "
+                     f"{r['excess_fid_ratio']:.2f} | "
                      f"{r['class_acc']:.3f} | {r['latency_p50_ms']:.1f} | {r['throughput']:.0f} | "
                      f"{r['parameters']:,} | {r['distill_seconds']:.0f} |")
     lines.append("")
     lines.append(f"FID: feature net {p['feature_net']}, {p['num_samples']} class-balanced samples per model and "
-                 f"sampling seed {p['sample_seeds']}, reference {p['reference']}; students over training seeds "
-                 f"{result['train_seeds']}. Real floor {p['real_floor_fid']:.2f} ({p['real_floor']}); real eval "
+                 f"sampling seed {p['sample_seeds']}, reference {p['reference']}; students over the training seeds "
+                 f"of their row. Real floor {p['real_floor_fid']:.2f} ({p['real_floor']}); real eval "
                  f"images' class accuracy {p['real_eval_class_acc']:.3f}.")
     return "\n".join(lines)
 
@@ -407,18 +451,53 @@ def page(results: list[dict], folder: Path, page_path: Path) -> str:
                   f"Measured {prov['started_utc']} to {prov['finished_utc']} on {prov['machine']}, at commit "
                   f"`{sha}`{' ' + dirty if dirty else ''}. Command: "
                   f"`{shlex.join(['python', 'benchmarks/leaderboard.py', *prov['argv']])}`.", "",
+                  *earlier_rows(r),
                   table(r), "",
                   f"![FID vs NFE]({rel}/{r['pictures']['fid_vs_nfe']})",
                   f"![FID during distillation]({rel}/{r['pictures']['convergence']})", ""]
     return "\n".join(lines)
 
 
-def write_docs(results: list[dict], folder: Path, page_path: Path) -> None:
+def earlier_rows(result: dict) -> list[str]:
+    """Page lines naming the rows kept from earlier runs (merged by --write-docs), with their commit and date."""
+    own = result["provenance"]["commit"]
+    kept = [f"{r['name']} (`{r['measured']['commit'].partition(' ')[0]}`, {r['measured']['finished_utc']})"
+            for r in result["rows"] if r.get("measured", {}).get("commit", own) != own]
+    return [f"Rows kept from earlier runs of this dataset: {'; '.join(kept)}.", ""] if kept else []
+
+
+COMPARABLE = ("feature_net", "num_samples", "sample_seeds", "reference", "real_floor_fid", "teacher_sha256",
+              "torch_threads", "image_shape")        # protocol keys that make two runs' rows one table
+
+
+def merge_previous(result: dict, previous: dict | None, order: list[str]) -> dict:
+    """The rows of `result` plus those of the dataset's previous JSON that this run did not measure, when both
+    share the protocol (data, teacher, feature net, reference, samples, seeds); in the spec's order."""
+    if not previous:
+        return result
+    if any(previous.get("protocol", {}).get(k) != result["protocol"].get(k) for k in COMPARABLE):
+        print(f"{result['dataset']}: the previous results use another protocol or teacher: not merged",
+              file=sys.stderr)
+        return result
+    have = {r["name"] for r in result["rows"]}
+    old = previous["provenance"]
+    kept = [{**r, "measured": r.get("measured") or {"commit": old["commit"], "finished_utc": old["finished_utc"]}}
+            for r in previous["rows"] if r["name"] not in have and r["name"] in order]
+    rows = sorted(result["rows"] + kept, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+    return {**result, "rows": rows}
+
+
+def write_docs(results: list[dict], folder: Path, page_path: Path, order: list[str] | None = None) -> None:
+    """<folder>/<dataset>.json (merged with the rows of the previous one this run did not measure) and the
+    pictures, then the page from every <dataset>.json there."""
     from components.atomic import write_json
 
     folder.mkdir(parents=True, exist_ok=True)
-    for r in results:
+    for i, r in enumerate(results):
         name = r["dataset"]
+        path = folder / f"{name}.json"
+        r = results[i] = merge_previous(r, json.loads(path.read_text()) if path.is_file() else None,
+                                        order or [row["name"] for row in r["rows"]])
         r["pictures"] = {"fid_vs_nfe": f"{name}-fid-vs-nfe.png", "convergence": f"{name}-convergence.png"}
         write_json(folder / f"{r['dataset']}.json", r)
     render(folder, page_path)
@@ -452,6 +531,7 @@ def main(argv=None) -> list[dict]:
         render(folder, page_path)
         return []
     spec = load_spec(args.spec, args.dataset, args.rows, args.train_seeds)
+    order = [r["name"] for r in load_spec(args.spec, None, None, None)["rows"]]      # the page's row order
     prov = provenance(sys.argv[1:] if argv is None else list(argv))
     results = []
     for name in spec["datasets"]:
@@ -459,7 +539,8 @@ def main(argv=None) -> list[dict]:
         print("\n" + table(result) + "\n")
         results.append(result)
         if args.write_docs:
-            write_docs([result], folder, page_path)
+            write_docs([result], folder, page_path, order)
+            result = results[-1] = json.loads((folder / f"{name}.json").read_text())
     if args.out:
         from components.atomic import write_json
 

@@ -104,3 +104,49 @@ def test_unknown_rows_and_missing_files_are_named(board, tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             lb.main(argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_student_seeds_are_cached_and_a_changed_config_is_a_miss(board, capsys):
+    """A rerun reads every student seed from the cache (same figures); a shorter --long is served by the
+    longer run's entry; a row whose distill config changed is distilled again."""
+    tmp, spec, _, r = board
+    capsys.readouterr()
+    again = lb.main(["--spec", str(spec), "--cache", str(tmp / "cache"), "--long", "1"])[0]
+    err = capsys.readouterr().err
+    assert err.count("cached") == 4
+    for a, b in zip(r["rows"], again["rows"]):
+        assert a["fid"] == b["fid"] and a["per_seed"] == b["per_seed"]
+        assert [c["iteration"] for c in b["curve"]] == [2, 4]          # trimmed to the shorter run
+    changed = yaml.safe_load(spec.read_text())
+    changed["rows"][0]["distill"]["lr_gen"] = 1e-3
+    spec2 = tmp / "spec2.yaml"
+    spec2.write_text(yaml.safe_dump(changed))
+    other = lb.main(["--spec", str(spec2), "--cache", str(tmp / "cache"), "--rows", "one step",
+                     "--train-seeds", "1", "--long", "1"])[0]
+    assert "cached" not in capsys.readouterr().err
+    assert other["rows"][0]["per_seed"][0]["fid"] != r["rows"][0]["per_seed"][0]["fid"]
+
+
+def test_write_docs_keeps_the_rows_it_did_not_run(board):
+    """--write-docs with --rows measures those rows and keeps the dataset's other rows from its JSON (same
+    protocol), in the spec's order; the table says how many training seeds each row has."""
+    tmp, spec, _, r = board
+    out = tmp / "merge"
+    (out / "results").mkdir(parents=True)
+    (out / "results" / "tiny.json").write_text((tmp / "results" / "tiny.json").read_text())
+    lb.main(["--spec", str(spec), "--cache", str(tmp / "cache"), "--rows", "two steps", "--train-seeds", "1",
+             "--results", str(out / "results"), "--write-docs", str(out / "results.md")])
+    saved = json.loads((out / "results" / "tiny.json").read_text())
+    assert [row["name"] for row in saved["rows"]] == ["one step", "two steps"]
+    one, two = saved["rows"]
+    assert one["per_seed"] == r["rows"][0]["per_seed"] and len(one["train_seeds"]) == 2    # kept as it was
+    assert two["train_seeds"] == [0] and "measured" in two
+    page = (out / "results.md").read_text()
+    assert "| one step | 1 | " in page and "| two steps | 2 | " in page
+    assert page.split("| one step | 1 | ")[1].split(" | ")[1] == "2"             # its 2 training seeds
+    assert page.split("| two steps | 2 | ")[1].split(" | ")[1] == "1"
+    # another protocol (here: a different sample count) is not merged
+    other = json.loads((out / "results" / "tiny.json").read_text())
+    other["protocol"]["num_samples"] = 7
+    assert [x["name"] for x in lb.merge_previous(saved | {"rows": [two]}, other, ["one step", "two steps"])["rows"]] \
+        == ["two steps"]
