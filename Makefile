@@ -66,7 +66,7 @@ benchmark: install
 	$(BIN)/python benchmarks/quality.py
 
 # the leaderboard (benchmarks/leaderboard.yaml): docs/results/<dataset>.json, pictures and docs/results.md
-leaderboard: install data/digits.npz
+leaderboard: install data/digits.npz data/fashion_mnist.npz
 	$(BIN)/python benchmarks/leaderboard.py --write-docs
 
 # dmd2_pipeline compiled by ZenML's Kubeflow orchestrator to a KFP v2 YAML, offline (no cluster, no Docker):
