@@ -266,14 +266,20 @@ def teacher_rows(ctx: Context) -> list[dict]:
     return rows
 
 
+def row_distill(cfg, row: dict) -> dict:
+    """A row's distill section: its overrides merged over the dataset config's."""
+    from components.params import merge
+
+    return merge(cfg.distill.model_dump(mode="json"), row.get("distill") or {})
+
+
 def distill_one(ctx: Context, row: dict, seed: int, long: float) -> tuple[object, list[tuple[int, float]], float]:
     """One training seed of a row -> (the student at distill.iterations, checkpoint FIDs [(iteration,
     FID)] up to long x iterations, distillation seconds to distill.iterations without the FID callbacks)."""
     from components.methods import build_method, distill
     from components.metrics.evaluate import checkpoint_fid
-    from components.params import merge
 
-    base = merge(ctx.cfg.distill.model_dump(mode="json"), row.get("distill") or {})
+    base = row_distill(ctx.cfg, row)
     iterations = int(base["iterations"])
     cfg = {**base, "seed": seed, "iterations": int(round(iterations * long)), "checkpoint_every": 0,
            "resume": "never", "fid_every": base["fid_every"] or iterations}
@@ -307,10 +313,8 @@ def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) ->
     included) is a miss; a field added since, at its default, is not. The code is not part of the key:
     after changing a method's code, rerun with --fresh (each entry names the commit it ran at)."""
     from components.atomic import write_json
-    from components.params import merge
 
-    distill_cfg = {k: v for k, v in merge(ctx.cfg.distill.model_dump(mode="json"), row.get("distill") or {}).items()
-                   if k not in OPERATIONAL}
+    distill_cfg = {k: v for k, v in row_distill(ctx.cfg, row).items() if k not in OPERATIONAL}
     distill_cfg["seed"] = seed
     key = _key(ctx.paths["dataset"].name, ctx.paths["feature_net"].name, ctx.paths["teacher"].name,
                ctx.protocol(), row["name"], seed)
@@ -362,13 +366,11 @@ def run_dataset(name: str, spec: dict, args, prov: dict) -> dict:
     cfg = run_config(config)
     pin_threads(cfg.compute.threads)
     from components.methods import parse_distill_config
-    from components.params import merge
 
     rows_cfg = {}
     for row in spec["rows"]:
         try:
-            merged = merge(cfg.distill.model_dump(mode="json"), row.get("distill") or {})
-            rows_cfg[row["name"]] = parse_distill_config(merged)
+            rows_cfg[row["name"]] = parse_distill_config(row_distill(cfg, row))
         except ValueError as exc:
             raise SpecError(f"leaderboard row {row['name']!r}: {exc}") from None
     need_pairs = any(c.regression_weight > 0 or c.warm_start_iterations > 0 for c in rows_cfg.values()
