@@ -109,9 +109,8 @@ def load_spec(path: str, datasets: str | None, rows: str | None, train_seeds: in
         raise SpecError(f"leaderboard spec '{path}': rows must be a list of {{name, distill}} with unique names")
     spec = copy.deepcopy(spec)
     for arg, key, known in (("--dataset", "datasets", list(spec["datasets"])), ("--rows", "rows", names)):
-        wanted = [w.strip() for w in (datasets if key == "datasets" else rows).split(",")] \
-            if (datasets if key == "datasets" else rows) else known
-        unknown = [w for w in wanted if w not in known]
+        given = datasets if key == "datasets" else rows
+        wanted, unknown = pick_names(given, known) if given else (known, [])
         if unknown:
             raise SpecError(f"{arg}: unknown {unknown}; the spec has {known}")
         spec[key] = ({k: v for k, v in spec["datasets"].items() if k in wanted} if key == "datasets"
@@ -122,6 +121,21 @@ def load_spec(path: str, datasets: str | None, rows: str | None, train_seeds: in
         spec["train_seeds"] = spec["train_seeds"][:train_seeds]
     yaml.safe_dump(spec)                                        # plain data only
     return spec
+
+
+def pick_names(text: str, known: list[str]) -> tuple[list[str], list[str]]:
+    """A comma-separated list of names, where a name may hold commas itself ("DMD2 4-step, SNR-spaced"):
+    at each place the longest run of comma-separated pieces that is a known name -> (names, unknown pieces)."""
+    parts, names, unknown, i = text.split(","), [], [], 0
+    while i < len(parts):
+        j = next((j for j in range(len(parts), i, -1) if ",".join(parts[i:j]).strip() in known), None)
+        if j is None:
+            unknown.append(parts[i].strip())
+            i += 1
+        else:
+            names.append(",".join(parts[i:j]).strip())
+            i = j
+    return names, unknown
 
 
 def run_config(config: str):
@@ -307,8 +321,9 @@ OPERATIONAL = ("device", "log_every", "checkpoint_every", "checkpoint_dir", "res
 
 
 def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) -> tuple[dict, list]:
-    """One training seed of a row -> (its figures, its checkpoint curve up to long x iterations), from the
-    cache when a run of the same row, seed, data, teacher, feature net and protocol went at least as far.
+    """One training seed of a row -> (its figures, its checkpoint curve up to long x iterations or further),
+    from the cache when a run of the same row, seed, data, teacher, feature net and protocol went at least
+    as far (its whole curve is returned).
     The entry keeps the resolved distill config it ran: a value that differs now (a changed default
     included) is a miss; a field added since, at its default, is not. The code is not part of the key:
     after changing a method's code, rerun with --fresh (each entry names the commit it ran at)."""
@@ -325,7 +340,7 @@ def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) ->
         same = all(entry["distill"][k] == v for k, v in distill_cfg.items() if k in entry["distill"])
         if same and entry["end"] >= end:
             print(f"{ctx.name}: {row['name']}, training seed {seed}: cached ({path.name})", file=sys.stderr)
-            return entry["result"], [tuple(c) for c in entry["curve"] if c[0] <= end]
+            return entry["result"], [tuple(c) for c in entry["curve"]]      # all of it: a longer run shows more
     print(f"{ctx.name}: {row['name']}, training seed {seed}", file=sys.stderr)
     student, curve, seconds = distill_one(ctx, row, seed, long)
     result = {"seed": seed, "distill_seconds": seconds, **ctx.evaluate(student, row["name"]),
@@ -343,7 +358,8 @@ def student_row(ctx: Context, row: dict, seeds: list[int], long: float, teacher:
     fids = [r["fid"] for r in per_seed]
     mean = lambda k: statistics.fmean(r[k] for r in per_seed)          # noqa: E731
     iterations = sorted({it for c in curves for it, _ in c})
-    curve = [{"iteration": it, "fid": statistics.fmean(v), "fid_std": statistics.pstdev(v)}
+    # a point past where every seed's run ended (one seed cached from a longer run) names its seed count
+    curve = [{"iteration": it, "fid": statistics.fmean(v), "fid_std": statistics.pstdev(v), "seeds": len(v)}
              for it in iterations for v in [[f for c in curves for i, f in c if i == it]]]
     t_excess = teacher["excess_fid"]
     excess = statistics.fmean(fids) - ctx.floor["fid"]
@@ -355,7 +371,8 @@ def student_row(ctx: Context, row: dict, seeds: list[int], long: float, teacher:
             "excess_fid": excess, "excess_fid_ratio": excess_fid_ratio(excess, t_excess),
             "class_acc": mean("class_acc"), "nfe": per_seed[0]["nfe"], "latency_p50_ms": mean("latency_p50_ms"),
             "throughput": mean("throughput"), "parameters": per_seed[0]["parameters"],
-            "distill_seconds": mean("distill_seconds"), "iterations": int(ctx.cfg.distill.iterations), "long": long,
+            "distill_seconds": mean("distill_seconds"), "iterations": int(ctx.cfg.distill.iterations),
+            "long": max([long] + [c["iteration"] / int(ctx.cfg.distill.iterations) for c in curve]),
             "curve": curve, "per_seed": per_seed}
 
 
@@ -430,8 +447,12 @@ def pictures(result: dict, folder: Path) -> None:
     t_default = next(t for t in result["teacher"] if t["default"])
     files = result["pictures"]
     fid_vs_nfe(points, f"{name}: FID vs NFE").save(folder / files["fid_vs_nfe"])
-    curves = {r["name"]: [(c["iteration"], c["fid"], c["fid_std"]) for c in r["curve"]] for r in result["rows"]
-              if r["curve"]}
+    curves = {}
+    for r in result["rows"]:              # one series per seed count: a tail from fewer seeds is labelled so
+        for c in r["curve"]:
+            n = c.get("seeds", len(r["train_seeds"]))
+            label = r["name"] if n == len(r["train_seeds"]) else f"{r['name']} ({n} of {len(r['train_seeds'])} seeds)"
+            curves.setdefault(label, []).append((c["iteration"], c["fid"], c["fid_std"]))
     fid_over_training(curves, t_default["fid"], result["protocol"]["real_floor_fid"],
                       f"{name}: FID during distillation").save(folder / files["convergence"])
 

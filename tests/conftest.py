@@ -37,7 +37,9 @@ TINY_TEACHER = dict(train_steps=20, batch_size=32, block_out_channels=(16, 32), 
 # `make test` runs pytest on 2 workers (pytest-xdist, --dist loadgroup). A group runs whole on one worker, so a
 # module's (or a session's) expensive fixture is built once: by default each test file is its own group; the
 # files that read the session's shared pipeline runs form one; tests listed in UNGROUPED spread freely.
-SHARED_GROUPS = {"tests/pipelines/test_dmd2_pipeline.py": "zenml_store", "tests/pipelines/test_dvc.py": "zenml_store",
+# The session's ZenML runs and DVC repro are each built once for both workers (shared_once), so the DVC tests
+# (their own group) run beside the pipeline tests; only their last test waits for the ZenML runs.
+SHARED_GROUPS = {"tests/pipelines/test_dmd2_pipeline.py": "zenml_store",
                  "tests/review/test_dashboard.py": "zenml_store",
                  "tests/components/test_onnx_export.py": "tests/components/test_export.py"}   # one export
 UNGROUPED: set[str] = set()          # files whose tests may spread over both workers
@@ -100,18 +102,50 @@ def write_image_folder(root, classes=("cat", "dog"), n=12, size=(10, 10), mode="
             Image.fromarray(arr, mode).save(root / c / f"{i}.png")
 
 
+def shared_once(tmp_path_factory, name: str, build) -> dict:
+    """An expensive session fixture built once for all xdist workers (the pattern of pytest-xdist's docs):
+    the first worker to ask runs build(folder) under a file lock in the session's shared temp root and
+    saves its JSON result; a worker asking later (or waiting on the lock) reads that result."""
+    import json
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent                     # the session's basetemp: shared by the workers
+    done = root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.is_file():
+            folder = root / name
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            tmp = done.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(build(folder)))
+            os.replace(tmp, done)
+        return json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
-def zenml_env(tmp_path_factory):
-    """A throwaway ZenML store and repository for the session: never touches the user's stack."""
-    from tests.pipelines.conftest import make_zenml_env
+def zenml_store(tmp_path_factory, digits_npz):
+    """A throwaway ZenML store (never the user's stack) holding the tiny dmd2_pipeline runs (reject, pass,
+    changed data), made once per session and read by the end-to-end, DVC-vs-ZenML and dashboard tests
+    (tests/pipelines/conftest.py: tiny_runs), whichever worker they run on."""
+    from tests.pipelines.conftest import make_zenml_env, tiny_runs
 
-    return make_zenml_env(tmp_path_factory.mktemp("zenml"))
+    def build(folder):
+        (folder / "zenml").mkdir()
+        (folder / "runs").mkdir()
+        env = make_zenml_env(folder / "zenml")
+        return {"env": env, "runs": tiny_runs(folder / "runs", env, digits_npz)}
+
+    return shared_once(tmp_path_factory, "zenml_store", build)
 
 
 @pytest.fixture(scope="session")
-def pipeline_runs(zenml_env, tmp_path_factory, digits_npz):
-    """The tiny dmd2_pipeline runs (reject, pass, changed data) in the session's store, made once and
-    read by the end-to-end, DVC-vs-ZenML and dashboard tests (tests/pipelines/conftest.py: tiny_runs)."""
-    from tests.pipelines.conftest import tiny_runs
+def zenml_env(zenml_store):
+    return zenml_store["env"]
 
-    return tiny_runs(tmp_path_factory.mktemp("runs"), zenml_env, digits_npz)
+
+@pytest.fixture(scope="session")
+def pipeline_runs(zenml_store):
+    return zenml_store["runs"]

@@ -96,6 +96,14 @@ def test_a_bad_spec_is_one_line_and_exit_2(board, tmp_path, capsys, change, mess
     assert not (tmp_path / "c").exists() and not (tmp_path / "r").exists()     # nothing written
 
 
+def test_row_names_may_hold_commas():
+    known = ["DMD2 4-step", "DMD2 4-step, SNR-spaced", "DMD2 1-step"]
+    assert lb.pick_names("DMD2 4-step, SNR-spaced", known) == (["DMD2 4-step, SNR-spaced"], [])
+    assert lb.pick_names("DMD2 1-step,DMD2 4-step, SNR-spaced,DMD2 4-step", known) == (
+        ["DMD2 1-step", "DMD2 4-step, SNR-spaced", "DMD2 4-step"], [])
+    assert lb.pick_names("DMD2 4-step, spaced", known) == (["DMD2 4-step"], ["spaced"])
+
+
 def test_unknown_rows_and_missing_files_are_named(board, tmp_path, capsys):
     _, spec, _, _ = board
     for argv, message in ((["--spec", str(spec), "--rows", "three steps"], "--rows: unknown ['three steps']"),
@@ -116,7 +124,9 @@ def test_student_seeds_are_cached_and_a_changed_config_is_a_miss(board, capsys):
     assert err.count("cached") == 4
     for a, b in zip(r["rows"], again["rows"]):
         assert a["fid"] == b["fid"] and a["per_seed"] == b["per_seed"]
-        assert [c["iteration"] for c in b["curve"]] == [2, 4]          # trimmed to the shorter run
+        # the longer run's whole curve is served, every point from both seeds
+        assert [(c["iteration"], c["seeds"]) for c in b["curve"]] == [(2, 2), (4, 2), (6, 2), (8, 2)]
+        assert b["long"] == 2
     changed = yaml.safe_load(spec.read_text())
     changed["rows"][0]["distill"]["lr_gen"] = 1e-3
     spec2 = tmp / "spec2.yaml"
@@ -125,6 +135,36 @@ def test_student_seeds_are_cached_and_a_changed_config_is_a_miss(board, capsys):
                      "--train-seeds", "1", "--long", "1"])[0]
     assert "cached" not in capsys.readouterr().err
     assert other["rows"][0]["per_seed"][0]["fid"] != r["rows"][0]["per_seed"][0]["fid"]
+
+
+def test_a_seed_that_ran_shorter_is_counted_in_the_curve(board, capsys):
+    """Seed 0 cached to 2x, seed 1 distilled again to 1x: the curve past 1x names its one seed, and the
+    convergence picture labels that tail as a series of its own."""
+    import shutil
+
+    tmp, spec, _, _ = board
+    cache = tmp / "cache-mixed"                        # the shared data, feature net and teacher; no students
+    shutil.copytree(tmp / "cache", cache, ignore=shutil.ignore_patterns("students"))
+    base = ["--spec", str(spec), "--cache", str(cache), "--rows", "one step"]
+    lb.main(base + ["--train-seeds", "1", "--long", "2"])
+    capsys.readouterr()
+    r = lb.main(base + ["--long", "1"])[0]
+    assert capsys.readouterr().err.count("cached") == 1
+    (row,) = r["rows"]
+    assert [(c["iteration"], c["seeds"]) for c in row["curve"]] == [(2, 2), (4, 2), (6, 1), (8, 1)]
+    assert row["curve"][2]["fid_std"] == 0 and row["long"] == 2
+    drawn = {}
+    import components.viz as viz
+
+    real = viz.fid_over_training
+    try:
+        viz.fid_over_training = lambda curves, *a, **k: drawn.update(curves) or real(curves, *a, **k)
+        r["pictures"] = {"fid_vs_nfe": "a.png", "convergence": "b.png"}
+        lb.pictures(r, tmp)
+    finally:
+        viz.fid_over_training = real
+    assert [i for i, *_ in drawn["one step"]] == [2, 4]
+    assert [i for i, *_ in drawn["one step (1 of 2 seeds)"]] == [6, 8]
 
 
 def test_write_docs_keeps_the_rows_it_did_not_run(board):

@@ -82,7 +82,7 @@ def inspect_runs(env, names: list[str]) -> list[dict]:
 
 
 def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
-    """Three tiny runs in `env`'s store -> {name: {"proc", "info", "data", "data_md5"}}:
+    """Three tiny runs in `env`'s store -> {name: {"output", "info", "data", "data_md5", "run_name"}} (JSON):
     'reject' (a gate no student passes), 'pass' (same data and teacher: cached; the gate passes and
     promotes) and 'changed' (one pixel of the data changed: everything re-runs; passes)."""
     from components.data.builtin import write_npz
@@ -105,7 +105,8 @@ def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
         # W&B is checked on the first run only (WANDB_MODE in the environment wins over tracking.wandb)
         proc = run_zenml(env if name == "reject" else {**env, "WANDB_MODE": "disabled"}, config)
         assert proc.returncode == 0, (name, (proc.stdout + proc.stderr)[-4000:])
-        runs[name] = {"proc": proc, "data": data, "data_md5": dvc_md5(data), "run_name": cfg["run_name"]}
+        runs[name] = {"output": proc.stdout + proc.stderr, "data": str(data), "data_md5": dvc_md5(data),
+                      "run_name": cfg["run_name"]}
     for name, info in zip(runs, inspect_runs(env, [r["run_name"] for r in runs.values()])):
         runs[name]["info"] = info
     return runs

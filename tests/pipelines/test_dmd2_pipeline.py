@@ -11,7 +11,7 @@ STEPS = {"record_lineage", "ingest_data", "validate_data", "build_dataset", "fea
 
 def test_pipeline_runs_end_to_end(pipeline_runs, zenml_env):
     first = pipeline_runs["reject"]
-    assert "FID vs eval split" in first["proc"].stdout + first["proc"].stderr    # the summary table is printed
+    assert "FID vs eval split" in first["output"]          # the summary table is printed
     out = first["info"]
     assert out["status"].endswith("completed")
     assert set(out["steps"]) == STEPS
