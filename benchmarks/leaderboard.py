@@ -486,7 +486,8 @@ def earlier_rows(result: dict) -> list[str]:
     own = result["provenance"]["commit"]
     kept = [f"{r['name']} (`{r['measured']['commit'].partition(' ')[0]}`, {r['measured']['finished_utc']})"
             for r in result["rows"] if r.get("measured", {}).get("commit", own) != own]
-    return [f"Rows kept from earlier runs of this dataset: {'; '.join(kept)}.", ""] if kept else []
+    return [f"Rows kept from earlier runs of this dataset (same data, teacher and protocol; trained with the "
+            f"defaults of their commit): {'; '.join(kept)}.", ""] if kept else []
 
 
 COMPARABLE = ("feature_net", "num_samples", "sample_seeds", "reference", "real_floor_fid", "teacher_sha256",
