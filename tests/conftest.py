@@ -110,6 +110,8 @@ def shared_once(tmp_path_factory, name: str, build) -> dict:
 
     from filelock import FileLock
 
+    from components.atomic import write_json
+
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent                     # the session's basetemp: shared by the workers
@@ -119,9 +121,7 @@ def shared_once(tmp_path_factory, name: str, build) -> dict:
             folder = root / name
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-            tmp = done.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(build(folder)))
-            os.replace(tmp, done)
+            write_json(done, build(folder))          # atomic: a worker never reads half a result
         return json.loads(done.read_text())
 
 
