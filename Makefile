@@ -73,6 +73,7 @@ leaderboard: install data/digits.npz data/fashion_mnist.npz
 # infra/kubeflow/ (docs/kubernetes.md). It hashes data/ as a run would, so it needs the data.
 kubeflow-compile: install data/digits.npz
 	$(BIN)/python -m infra.kubeflow.compile --config configs/dmd2_kubeflow.yaml --out build/kubeflow/dmd2_pipeline.yaml
+	$(BIN)/python -m infra.kubeflow.compile --config configs/ctm_kubeflow.yaml --out build/kubeflow/ctm.yaml
 
 clean:
 	rm -rf .benchmarks .pytest_cache

@@ -104,23 +104,50 @@ def load_spec(path: str, datasets: str | None, rows: str | None, train_seeds: in
     for name, d in spec["datasets"].items():
         if not isinstance(d, dict) or not isinstance(d.get("config"), str):
             raise SpecError(f"leaderboard spec '{path}': datasets.{name} needs config: <a run config YAML>")
+    spec = copy.deepcopy(spec)
+    spec["rows"] = expand_sweeps(spec.get("rows") or [], path)
     names = [r.get("name") if isinstance(r, dict) else None for r in spec["rows"] or []]
     if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise SpecError(f"leaderboard spec '{path}': rows must be a list of {{name, distill}} with unique names")
-    spec = copy.deepcopy(spec)
-    for arg, key, known in (("--dataset", "datasets", list(spec["datasets"])), ("--rows", "rows", names)):
+    sweeps = sorted({r["train_as"] for r in spec["rows"] if "train_as" in r} - set(names))   # --rows CTM: all of it
+    for arg, key, known in (("--dataset", "datasets", list(spec["datasets"])), ("--rows", "rows", names + sweeps)):
         given = datasets if key == "datasets" else rows
         wanted, unknown = pick_names(given, known) if given else (known, [])
         if unknown:
             raise SpecError(f"{arg}: unknown {unknown}; the spec has {known}")
         spec[key] = ({k: v for k, v in spec["datasets"].items() if k in wanted} if key == "datasets"
-                     else [r for r in spec["rows"] if r["name"] in wanted])
+                     else [r for r in spec["rows"] if r["name"] in wanted or r.get("train_as") in wanted])
     if train_seeds is not None:
         if not 1 <= train_seeds <= len(spec["train_seeds"]):
             raise SpecError(f"--train-seeds: {train_seeds} must be 1..{len(spec['train_seeds'])}")
         spec["train_seeds"] = spec["train_seeds"][:train_seeds]
     yaml.safe_dump(spec)                                        # plain data only
     return spec
+
+
+def expand_sweeps(rows: list, path: str) -> list:
+    """A row with `sweep: {steps: [...], gamma: [...]}` (a CTM student: one network, any step count and gamma)
+    becomes one row per (steps, gamma) - "<name> 1-step", "<name> 2-step, gamma 0.5", ... - that share one
+    training per seed (`train_as`: the row's name) and differ only in `sampling` (1 step: one row, gamma
+    does not matter)."""
+    out = []
+    for row in rows:
+        if not isinstance(row, dict) or "sweep" not in row:
+            out.append(row)
+            continue
+        sweep = row["sweep"]
+        steps, gammas = (sweep.get("steps"), sweep.get("gamma")) if isinstance(sweep, dict) else (None, None)
+        if not (isinstance(steps, list) and steps and all(isinstance(n, int) and n >= 1 for n in steps)
+                and isinstance(gammas, list) and gammas and all(isinstance(g, (int, float)) and 0 <= g <= 1
+                                                                for g in gammas)):
+            raise SpecError(f"leaderboard spec '{path}': row {row.get('name')!r}: sweep needs steps (integers >= 1) "
+                            "and gamma (numbers in [0, 1]) lists")
+        base = {k: v for k, v in row.items() if k != "sweep"}
+        for n in steps:
+            for g in ([gammas[0]] if n == 1 else gammas):
+                name = f"{row['name']} 1-step" if n == 1 else f"{row['name']} {n}-step, gamma {g:g}"
+                out.append({**base, "name": name, "train_as": row["name"], "sampling": {"steps": n, "gamma": g}})
+    return out
 
 
 def pick_names(text: str, known: list[str]) -> tuple[list[str], list[str]]:
@@ -281,10 +308,11 @@ def teacher_rows(ctx: Context) -> list[dict]:
 
 
 def row_distill(cfg, row: dict) -> dict:
-    """A row's distill section: its overrides merged over the dataset config's."""
-    from components.params import merge
+    """A row's distill section: its overrides merged over the dataset config's (a row of another method
+    keeps only the config's method-independent keys: components.params.merge_distill)."""
+    from components.params import merge_distill
 
-    return merge(cfg.distill.model_dump(mode="json"), row.get("distill") or {})
+    return merge_distill(cfg.distill.model_dump(mode="json"), row.get("distill") or {})
 
 
 def distill_one(ctx: Context, row: dict, seed: int, long: float) -> tuple[object, list[tuple[int, float]], float]:
@@ -320,32 +348,63 @@ def distill_one(ctx: Context, row: dict, seed: int, long: float) -> tuple[object
 OPERATIONAL = ("device", "log_every", "checkpoint_every", "checkpoint_dir", "resume")  # how, not what: not compared
 
 
+def sampled(student, row: dict):
+    """The student with the row's `sampling` (a sweep row: gamma-sampling at its steps), else as trained."""
+    if "sampling" not in row:
+        return student
+    from components.metrics.evaluate import with_gamma_sampling
+
+    return with_gamma_sampling(student, int(row["sampling"]["steps"]), float(row["sampling"]["gamma"]))
+
+
 def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) -> tuple[dict, list]:
     """One training seed of a row -> (its figures, its checkpoint curve up to long x iterations or further),
     from the cache when a run of the same row, seed, data, teacher, feature net and protocol went at least
     as far (its whole curve is returned).
     The entry keeps the resolved distill config it ran: a value that differs now (a changed default
     included) is a miss; a field added since, at its default, is not. The code is not part of the key:
-    after changing a method's code, rerun with --fresh (each entry names the commit it ran at)."""
+    after changing a method's code, rerun with --fresh (each entry names the commit it ran at).
+    Rows of one sweep (`train_as`) share the training: the entry saves the student, and each row's figures
+    are added to it (`results`) as that row is first scored."""
     from components.atomic import write_json
+    from components.diffusion import load_denoiser, save_denoiser
 
     distill_cfg = {k: v for k, v in row_distill(ctx.cfg, row).items() if k not in OPERATIONAL}
     distill_cfg["seed"] = seed
+    trained_as = row.get("train_as", row["name"])
     key = _key(ctx.paths["dataset"].name, ctx.paths["feature_net"].name, ctx.paths["teacher"].name,
-               ctx.protocol(), row["name"], seed)
+               ctx.protocol(), trained_as, seed)
     path = ctx.paths["teacher"].parent / "students" / f"{key}.json"
+    folder = path.with_suffix("")                       # the saved student of a sweep's training
     end = int(round(int(distill_cfg["iterations"]) * long))
     if path.is_file() and not fresh:
         entry = json.loads(path.read_text())
         same = all(entry["distill"][k] == v for k, v in distill_cfg.items() if k in entry["distill"])
         if same and entry["end"] >= end:
-            print(f"{ctx.name}: {row['name']}, training seed {seed}: cached ({path.name})", file=sys.stderr)
-            return entry["result"], [tuple(c) for c in entry["curve"]]      # all of it: a longer run shows more
+            results = entry.get("results", {})
+            if "train_as" not in row or row["name"] in results:
+                print(f"{ctx.name}: {row['name']}, training seed {seed}: cached ({path.name})", file=sys.stderr)
+                return results.get(row["name"], entry["result"]), [tuple(c) for c in entry["curve"]]
+            if folder.is_dir():                          # this sweep's student, scored for this row now
+                print(f"{ctx.name}: {row['name']}, training seed {seed}: cached student ({folder.name})",
+                      file=sys.stderr)
+                student = load_denoiser(folder, what="cached student")
+                results[row["name"]] = {**entry["result"], **ctx.evaluate(sampled(student, row), row["name"]),
+                                        "commit": ctx.commit}
+                write_json(path, {**entry, "results": results})
+                return results[row["name"]], [tuple(c) for c in entry["curve"]]
     print(f"{ctx.name}: {row['name']}, training seed {seed}", file=sys.stderr)
     student, curve, seconds = distill_one(ctx, row, seed, long)
-    result = {"seed": seed, "distill_seconds": seconds, **ctx.evaluate(student, row["name"]),
+    result = {"seed": seed, "distill_seconds": seconds, **ctx.evaluate(sampled(student, row), row["name"]),
               "commit": ctx.commit}
-    write_json(path, {"distill": distill_cfg, "end": end, "curve": curve, "result": result})
+    entry = {"distill": distill_cfg, "end": end, "curve": curve, "result": result}
+    if "train_as" in row:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        save_denoiser(student, folder)
+        entry["results"] = {row["name"]: result}
+    write_json(path, entry)
     return result, curve
 
 
@@ -365,7 +424,8 @@ def student_row(ctx: Context, row: dict, seeds: list[int], long: float, teacher:
     excess = statistics.fmean(fids) - ctx.floor["fid"]
     from components.metrics.summary import excess_fid_ratio
 
-    return {"name": row["name"], "kind": "student", "distill": row.get("distill") or {}, "train_seeds": seeds,
+    sweep = {k: row[k] for k in ("train_as", "sampling") if k in row}     # a sweep row: its training, its recipe
+    return {"name": row["name"], "kind": "student", "distill": row.get("distill") or {}, "train_seeds": seeds, **sweep,
             "fid": statistics.fmean(fids), "fid_std_train": statistics.pstdev(fids),
             "fid_std_sample": mean("fid_std_sample"),
             "excess_fid": excess, "excess_fid_ratio": excess_fid_ratio(excess, t_excess),
@@ -442,16 +502,27 @@ def pictures(result: dict, folder: Path) -> None:
 
     name = result["dataset"]
     points = [{"model": "teacher", "nfe": t["nfe"], "fid": t["fid"]} for t in result["teacher"]]
-    points += [{"model": r["name"], "nfe": r["nfe"], "fid": r["fid"], "fid_std": r["fid_std_train"]}
-               for r in result["rows"]]
+    for r in result["rows"]:          # a sweep's rows: one line per gamma (its 1-step row on each)
+        if "sampling" not in r:
+            points.append({"model": r["name"], "nfe": r["nfe"], "fid": r["fid"], "fid_std": r["fid_std_train"]})
+            continue
+        gammas = sorted({q["sampling"]["gamma"] for q in result["rows"] if q.get("train_as") == r["train_as"]
+                         and q["sampling"]["steps"] > 1}) if r["sampling"]["steps"] == 1 else [r["sampling"]["gamma"]]
+        points += [{"model": f"{r['train_as']} gamma {g:g}", "nfe": r["nfe"], "fid": r["fid"],
+                    "fid_std": r["fid_std_train"]} for g in gammas or [0.0]]
     t_default = next(t for t in result["teacher"] if t["default"])
     files = result["pictures"]
     fid_vs_nfe(points, f"{name}: FID vs NFE").save(folder / files["fid_vs_nfe"])
     curves = {}
+    drawn = set()
     for r in result["rows"]:              # one series per seed count: a tail from fewer seeds is labelled so
+        if r.get("train_as") in drawn:    # a sweep's rows share one training and one curve (its default recipe)
+            continue
+        drawn.add(r.get("train_as"))
+        name = f"{r['train_as']} (training)" if "train_as" in r else r["name"]
         for c in r["curve"]:
             n = c.get("seeds", len(r["train_seeds"]))
-            label = r["name"] if n == len(r["train_seeds"]) else f"{r['name']} ({n} of {len(r['train_seeds'])} seeds)"
+            label = name if n == len(r["train_seeds"]) else f"{name} ({n} of {len(r['train_seeds'])} seeds)"
             curves.setdefault(label, []).append((c["iteration"], c["fid"], c["fid_std"]))
     fid_over_training(curves, t_default["fid"], result["protocol"]["real_floor_fid"],
                       f"{name}: FID during distillation").save(folder / files["convergence"])
@@ -476,9 +547,33 @@ def page(results: list[dict], folder: Path, page_path: Path) -> str:
                   f"`{shlex.join(['python', 'benchmarks/leaderboard.py', *prov['argv']])}`.", "",
                   *earlier_rows(r),
                   table(r), "",
+                  *sweep_tables(r),
                   f"![FID vs NFE]({rel}/{r['pictures']['fid_vs_nfe']})",
                   f"![FID during distillation]({rel}/{r['pictures']['convergence']})", ""]
     return "\n".join(lines)
+
+
+def sweep_tables(result: dict) -> list[str]:
+    """Per sweep (a CTM student scored at several step counts and gammas): FID mean +- std over the training
+    seeds, steps down, gamma across (1 step is one jump to 0: the same for every gamma)."""
+    out = []
+    for name in dict.fromkeys(r["train_as"] for r in result["rows"] if "train_as" in r):
+        rows = [r for r in result["rows"] if r.get("train_as") == name]
+        gammas = sorted({r["sampling"]["gamma"] for r in rows if r["sampling"]["steps"] > 1}) or [0.0]
+        cell = {(r["sampling"]["steps"], r["sampling"]["gamma"]): r for r in rows}
+        lines = [f"{name}: FID by step count and gamma (one network per training seed; mean +- std over "
+                 f"{len(rows[0]['train_seeds'])} training seeds; the teacher: "
+                 f"{next(t for t in result['teacher'] if t['default'])['fid']:.2f})", "",
+                 "| steps (NFE) | " + " | ".join(f"gamma {g:g}" for g in gammas) + " |",
+                 "|---|" + "---|" * len(gammas)]
+        for n in sorted({r["sampling"]["steps"] for r in rows}):
+            vals = []
+            for g in gammas:
+                r = cell.get((n, g)) or (cell.get((n, rows[0]["sampling"]["gamma"])) if n == 1 else None)
+                vals.append(f"{r['fid']:.2f} +- {r['fid_std_train']:.2f}" if r else "-")
+            lines.append(f"| {n} | " + " | ".join(vals) + " |")
+        out += lines + [""]
+    return out
 
 
 def earlier_rows(result: dict) -> list[str]:

@@ -69,6 +69,14 @@ class World:
             p.grad = flat[offset:offset + n].view_as(p).clone()
             offset += n
 
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks of a tensor (a new tensor; t itself on one process)."""
+        if self.size == 1:
+            return t
+        out = t.detach().clone()
+        dist.all_reduce(out)
+        return out / self.size
+
     def any(self, flag: bool) -> bool:
         """True on every rank when it is True on any rank (so all ranks skip a bad step together)."""
         if self.size == 1:

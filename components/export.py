@@ -17,7 +17,7 @@ from pathlib import Path
 
 from components.atomic import atomic_dir
 from components.config import ConfigError
-from components.diffusion.denoiser import DENOISER_FILE, EDMDenoiser
+from components.diffusion.denoiser import DENOISER_FILE, S_EMBEDDING_FILE, CTMDenoiser, EDMDenoiser
 from components.onnx_export import export_onnx
 
 
@@ -73,7 +73,7 @@ out.images[0].save("sample.png")
 
 {onnx}
 
-Classes (label i): {', '.join(map(str, card.get('class_names', [])))}. Label {card.get('num_classes', '?')}
+{ctm_section(card)}Classes (label i): {', '.join(map(str, card.get('class_names', [])))}. Label {card.get('num_classes', '?')}
 is the null class (classifier-free guidance).
 
 ## Figures
@@ -88,6 +88,42 @@ is the null class (classifier-free guidance).
 ```json
 {json.dumps(card.get('config', {}), indent=1, sort_keys=True)}
 ```
+"""
+
+
+def ctm_section(card: dict) -> str:
+    """A CTM student's extra paragraph: what stock diffusers runs, and gamma-sampling through the project."""
+    if card.get("method") != "ctm":
+        return ""
+    from components.diffusion.noise_schedule import student_sigmas
+
+    recipe = card.get("sampling", {})
+    lo, hi = card.get("sigma_range", (0.002, 80.0))
+    four = cm_timesteps([float(v) for v in student_sigmas(4, lo, hi)], lo, hi)
+    return f"""## Consistency Trajectory Model: any step count, any gamma
+This is one CTM student G(x_t, t, s). `unet/` is its jump to s = 0 (a consistency model), so stock
+diffusers runs 1 step and consistency multistep (gamma = 1), e.g. 4 steps on the 1000-point grid:
+
+```python
+from diffusers import CMStochasticIterativeScheduler
+pipe.scheduler = CMStochasticIterativeScheduler.from_config(pipe.scheduler.config, num_train_timesteps=1000,
+                                                            clip_denoised=False)
+out = pipe(batch_size=8, class_labels=torch.arange(8), timesteps={four}, num_inference_steps=None)
+```
+Long jumps and other gammas need G(x_t, t, s) for s > 0: its embedding of s is `s_embedding.safetensors`,
+which only fewstep's loader reads:
+
+```python
+from components.diffusion import load_denoiser
+from components.diffusion.generate import balanced_labels, generate
+from components.metrics.evaluate import with_gamma_sampling
+
+student = with_gamma_sampling(load_denoiser("<this folder>"), steps=4, gamma=0.5)
+images = generate(student, balanced_labels(8, {card.get('num_classes', 10)}), seed=0).images   # [-1, 1]
+```
+This export's default recipe: {recipe.get('sampler', 'gamma')}-sampling, {len(recipe.get('sigmas', [0, 0])) - 1} step(s),
+gamma {recipe.get('gamma', 0)}.
+
 """
 
 
@@ -130,11 +166,17 @@ def export_student(student: EDMDenoiser, target: str | os.PathLike, card: dict |
                                                    clip_denoised=timesteps is None)
         ConsistencyModelPipeline(unet=student.unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
         (tmp / DENOISER_FILE).write_text(json.dumps(student.config(), indent=1))
+        if isinstance(student, CTMDenoiser):                 # G for s > 0 (gamma-sampling) with fewstep's loader
+            from safetensors.torch import save_file
+
+            save_file(student.s_embed.state_dict(), str(tmp / S_EMBEDDING_FILE))
         onnx = onnx and timesteps is None                    # ONNX covers one-step students
         if onnx:
             export_onnx(student, tmp / "onnx" / "model.onnx")
         (tmp / "README.md").write_text(model_card({**(card or {}), "num_classes": student.num_classes, "onnx": onnx,
-                                                   "num_inference_steps": len(sigmas) - 1, "timesteps": timesteps}))
+                                                   "num_inference_steps": len(sigmas) - 1, "timesteps": timesteps,
+                                                   "sampling": student.sampling,
+                                                   "sigma_range": (student.sigma_min, sigmas[0])}))
     return target
 
 

@@ -73,6 +73,15 @@ def merge(base: dict, override: Any) -> dict:
     return out
 
 
+def merge_distill(base: dict, override: dict) -> dict:
+    """A distill section with overrides. An override naming another method (method: ctm over a dmd2
+    section) keeps only the base's method-independent keys (DistillConfig's: iterations, seed,
+    checkpoints, ...): the other method's keys do not apply to it."""
+    if (override or {}).get("method", base.get("method")) != base.get("method", "dmd2"):
+        base = {k: v for k, v in base.items() if k in DistillConfig.model_fields and k != "method"}
+    return merge(base, override)
+
+
 def read_yaml(path: str | Path, label: str, expected: str) -> Any:
     """A YAML file's content; a missing or unparsable file is a ConfigError naming `label` (e.g.
     "params file 'params.yaml'") and what it should be (`expected`)."""
@@ -102,9 +111,18 @@ def read_params(params_file: str) -> dict:
     return base
 
 
+def read_distill_file(path: str) -> dict:
+    """A file holding only a `distill` mapping (params_ctm.yaml), for DVC stages of another method."""
+    content = read_yaml(path, f"distill params file '{path}'", "a YAML mapping with one section, distill")
+    if not isinstance(content, dict) or set(content) != {"distill"} or not isinstance(content["distill"], dict):
+        raise ConfigError(f"distill params file '{path}': expected a YAML mapping with one section, distill")
+    return content["distill"]
+
+
 def load_params(params_file: Optional[str] = None, **overrides: Any) -> RunConfig:
     """The parameter file (params.yaml: one mapping per section, shared by ZenML and DVC), with
-    per-section `overrides` merged on top, validated -> RunConfig."""
+    per-section `overrides` merged on top, validated -> RunConfig. A distill override that names another
+    method (distill: {method: ctm}) keeps only the file's method-independent distill keys."""
     base = read_params(params_file) if params_file else {}
     for name, value in overrides.items():
         if name not in SECTIONS:
@@ -112,8 +130,9 @@ def load_params(params_file: Optional[str] = None, **overrides: Any) -> RunConfi
         if value is not None and not isinstance(value, dict):
             raise ConfigError(f"config field '{name}': expected a mapping of keys, got {type(value).__name__}")
         if value:
-            base[name] = merge(base.get(name) or {}, value)
+            base[name] = merge_distill(base.get(name) or {}, value) if name == "distill" else \
+                merge(base.get(name) or {}, value)
     return resolve_config(**{name: base.get(name) for name in SECTIONS})
 
 
-__all__ = ["RunConfig", "SECTIONS", "load_params", "merge", "read_params", "resolve_config"]
+__all__ = ["RunConfig", "SECTIONS", "load_params", "merge", "merge_distill", "read_distill_file", "read_params", "resolve_config"]

@@ -102,8 +102,12 @@ def training_curve(history: list[dict], metrics: dict) -> Image.Image | None:
 
 
 def fid_points(teacher_curve: list[dict], metrics: dict) -> list[dict]:
-    """The FID-vs-NFE points: the teacher at each step count, and the student."""
+    """The FID-vs-NFE points: the teacher at each step count, and the student (a CTM student: one curve
+    per gamma of its step x gamma sweep)."""
     points = [dict(p) for p in teacher_curve]
-    if math.isfinite(float(metrics["student_fid"])):
-        points.append({"model": "student", "nfe": metrics["student_nfe"], "fid": metrics["student_fid"]})
+    if metrics.get("student_fid_vs_nfe"):
+        points += [{k: p[k] for k in ("model", "nfe", "fid")} for p in metrics["student_fid_vs_nfe"]]
+    elif math.isfinite(float(metrics["student_fid"])):
+        points.append({"model": "student", "nfe": metrics["student_nfe"],
+                       "fid": metrics["student_fid"]})
     return points

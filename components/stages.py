@@ -31,7 +31,7 @@ from typing import Callable
 
 from components.atomic import atomic_dir, atomic_file, write_json, write_text
 from components.config import ConfigError
-from components.params import RunConfig, load_params
+from components.params import RunConfig, load_params, read_distill_file
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> None:
@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("stage", choices=list(STAGES))
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--distill-params", default=None, help="a YAML file with a distill section merged over the "
+                    "params file's (params_ctm.yaml: the CTM student; another method keeps only the shared keys)")
     for name in ("dataset", "features", "teacher", "pairs", "student", "metrics", "plots", "eval", "report"):
         ap.add_argument(f"--{name}")
     ap.add_argument("--checkpoints", default="artifacts/checkpoints")
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from components.training import pin_threads
 
-        cfg = load_params(a.params)
+        cfg = load_params(a.params, distill=read_distill_file(a.distill_params) if a.distill_params else None)
         pin_threads(cfg.compute.threads)      # one count per stage: same params, same bytes
         run(cfg, a)
     except (ConfigError, ValueError, FileNotFoundError) as exc:

@@ -16,6 +16,7 @@ from torch import nn
 from components.config import ConfigError
 
 DENOISER_FILE = "denoiser.json"
+S_EMBEDDING_FILE = "s_embedding.safetensors"    # a CTM student's embedding of s (CTMDenoiser)
 
 
 class Denoiser(nn.Module):
@@ -94,6 +95,87 @@ class EDMDenoiser(Denoiser):
         return c_skip.view(b) * x + c_out.view(b) * F_x.to(x.dtype)
 
 
+def _add_extra_embedding(module: nn.Module, inputs, output):
+    """Forward hook on a UNet's time embedding: adds `module.extra_embedding` when one is set (CTM's s)."""
+    extra = getattr(module, "extra_embedding", None)
+    return output if extra is None else output + extra.to(output.dtype)
+
+
+class SEmbedding(nn.Module):
+    """CTM's embedding of the jump target s: sinusoidal features of c_noise(s) -> MLP -> the UNet's
+    time-embedding width (the same shape as the embedding of t it is added to). The last layer starts
+    at zero, so a new CTM student is its teacher for every s."""
+
+    def __init__(self, channels: int, dim: int):
+        super().__init__()
+        from diffusers.models.embeddings import Timesteps
+
+        self.proj = Timesteps(channels, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.linear_1, self.act, self.linear_2 = nn.Linear(channels, dim), nn.SiLU(), nn.Linear(dim, dim)
+        nn.init.zeros_(self.linear_2.weight)
+        nn.init.zeros_(self.linear_2.bias)
+
+    def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(self.proj(c_noise).to(self.linear_1.weight.dtype))))
+
+
+class CTMDenoiser(EDMDenoiser):
+    """A Consistency Trajectory Model student (Kim et al. 2023, eq. 3 / ../shared/PAPERS.md):
+        G(x_t, t, s) = (s/t) x_t + (1 - s/t) g(x_t, t, s),
+    g = the EDM-preconditioned UNet with an embedding of s added to its time embedding:
+        g(x_t, t, s) = c_skip(t) x_t + c_out(t) F(c_in(t) x_t, c_noise(t), e(s) - e(0), c).
+    e(s) embeds c_noise(max(s, sigma_min)); subtracting e(0) makes s = 0 (and s <= sigma_min) the plain
+    UNet: `forward(x, t, c)` = G(x, t, 0) is the consistency function, which a stock diffusers
+    ConsistencyModelPipeline runs from unet/ alone (1-step and gamma = 1 multistep). Other s need the
+    s embedding (s_embedding.safetensors beside unet/, loaded by load_denoiser)."""
+
+    kind = "ctm"
+
+    def __init__(self, unet: nn.Module, num_classes: int, sigma_min: float, sigma_max: float,
+                 sigma_data: float = 0.5):
+        super().__init__(unet, num_classes, sigma_min, sigma_max, sigma_data)
+        emb = unet.time_embedding
+        self.s_embed = SEmbedding(unet.config.block_out_channels[0], emb.linear_2.out_features)
+        emb.register_forward_hook(_add_extra_embedding)   # a module-level function: survives deepcopy
+        self.sampling = {"sampler": "gamma", "sigmas": [self.sigma_max, 0.0], "gamma": 0.0}
+
+    @classmethod
+    def from_teacher(cls, teacher: EDMDenoiser) -> "CTMDenoiser":
+        import copy
+
+        if not isinstance(teacher, EDMDenoiser) or isinstance(teacher, CTMDenoiser):
+            raise ConfigError("distill.method ctm: the teacher must be an EDM-preconditioned denoiser (kind 'edm'), "
+                              f"got kind {getattr(teacher, 'kind', type(teacher).__name__)!r}")
+        return cls(copy.deepcopy(teacher.unet), teacher.num_classes, teacher.sigma_min, teacher.sigma_max,
+                   teacher.sigma_data)
+
+    def s_embedding(self, s: torch.Tensor) -> torch.Tensor:
+        """e(s) - e(0) per sample (exactly 0 where s <= sigma_min)."""
+        s_noise = 250.0 * torch.log(s.clamp(min=self.sigma_min))
+        zero = torch.full_like(s_noise, 250.0 * float(torch.log(torch.tensor(self.sigma_min))))
+        both = self.s_embed(torch.cat([s_noise, zero]))
+        return both[: len(s)] - both[len(s):]
+
+    def g(self, x: torch.Tensor, t, s, class_labels: torch.Tensor) -> torch.Tensor:
+        """g(x_t, t, s): the network's estimate of the clean image for a jump to s (g(x, t, t) is a denoiser)."""
+        t, s = self._sigma(t, x), self._sigma(s, x)
+        emb = self.unet.time_embedding
+        emb.extra_embedding = self.s_embedding(s)
+        try:
+            return super().forward(x, t, class_labels)
+        finally:
+            emb.extra_embedding = None
+
+    def jump(self, x: torch.Tensor, t, s, class_labels: torch.Tensor) -> torch.Tensor:
+        """G(x_t, t, s), CTM eq. 3: the probability-flow ODE's solution at s <= t (G(x, t, t) = x)."""
+        t, s = self._sigma(t, x), self._sigma(s, x)
+        if bool((s > t).any()) or bool((s < 0).any()):
+            raise ValueError(f"CTM jump G(x_t, t, s): expected 0 <= s <= t, got s {s.max().item():.4g} for t "
+                             f"{t.min().item():.4g}")
+        r = (s / t).view(-1, 1, 1, 1)
+        return r * x + (1 - r) * self.g(x, t, s, class_labels)
+
+
 class VPDenoiser(Denoiser):
     """A DDPM-style diffusers UNet (alphas_cumprod schedule) seen as an EDM denoiser:
     x_vp = x / sqrt(1 + sigma^2), t from sigma_t = sqrt((1 - abar_t) / abar_t) (log-interpolated),
@@ -156,6 +238,10 @@ def save_denoiser(denoiser: Denoiser, directory: str | Path, extra: dict | None 
         betas = 1 - denoiser.alphas_cumprod / torch.cat([torch.ones(1), denoiser.alphas_cumprod[:-1]])
         DDPMScheduler(num_train_timesteps=n, trained_betas=betas.tolist(),
                       prediction_type=denoiser.prediction_type).save_pretrained(directory / "scheduler")
+    if isinstance(denoiser, CTMDenoiser):
+        from safetensors.torch import save_file
+
+        save_file(denoiser.s_embed.state_dict(), str(directory / S_EMBEDDING_FILE))
     (directory / DENOISER_FILE).write_text(json.dumps({**denoiser.config(), **(extra or {})}, indent=1))
 
 
@@ -179,9 +265,13 @@ def load_denoiser(directory: str | Path, num_classes: int | None = None, what: s
         raise ConfigError(f"{what} '{directory}': unet/config.json num_class_embeds={embeds}; "
                           f"expected num_classes + 1 = {n_cls + 1} (the last index is the null class)")
     sched = json.loads(sched_file.read_text())
-    if info.get("kind", "edm" if sched.get("_class_name") == "CMStochasticIterativeScheduler" else "vp") == "edm":
-        den: Denoiser = EDMDenoiser(unet, n_cls, sched.get("sigma_min", 0.002), sched.get("sigma_max", 80.0),
-                                    sched.get("sigma_data", 0.5))
+    kind = info.get("kind", "edm" if sched.get("_class_name") == "CMStochasticIterativeScheduler" else "vp")
+    if kind in ("edm", "ctm"):
+        cls = CTMDenoiser if kind == "ctm" else EDMDenoiser
+        den: Denoiser = cls(unet, n_cls, sched.get("sigma_min", 0.002), sched.get("sigma_max", 80.0),
+                            sched.get("sigma_data", 0.5))
+        if kind == "ctm":
+            _load_s_embedding(den, directory / S_EMBEDDING_FILE, what)
     else:
         from diffusers import DDPMScheduler
 
@@ -190,6 +280,18 @@ def load_denoiser(directory: str | Path, num_classes: int | None = None, what: s
     if "sampling" in info:
         den.sampling = info["sampling"]
     return den.eval()
+
+
+def _load_s_embedding(den: CTMDenoiser, path: Path, what: str) -> None:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ConfigError(f"{what} '{path.parent}': denoiser.json says kind 'ctm' but {path.name} is missing "
+                          "(a CTM student's embedding of s)")
+    try:
+        den.s_embed.load_state_dict(load_file(str(path)))
+    except (RuntimeError, OSError) as exc:
+        raise ConfigError(f"{what} '{path}': not a CTM s embedding for this UNet ({str(exc).splitlines()[0]})") from None
 
 
 def state_hash(module: nn.Module) -> str:

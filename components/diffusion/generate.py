@@ -22,6 +22,11 @@ class CountingDenoiser(torch.nn.Module):
         self.calls += 1
         return self.inner(x, sigma, class_labels)
 
+    def jump(self, x, t, s, class_labels):
+        # a CTM student's G(x_t, t, s) (components/methods/ctm.py): one network evaluation
+        self.calls += 1
+        return self.inner.jump(x, t, s, class_labels)
+
     def guided(self, x, sigma, class_labels, scale):
         # CFG with scale != 1 is two network evaluations batched into one call
         self.calls += 1 if scale == 1.0 else 2
@@ -48,7 +53,8 @@ def sample_batch(denoiser, z: torch.Tensor, labels: torch.Tensor, generator: tor
     recipe = denoiser.sampling
     sigmas = torch.tensor(recipe["sigmas"], dtype=torch.float32)
     device = next(denoiser.parameters()).device
-    cond = {"class_labels": labels.to(device), "guidance_scale": guidance_scale}
+    options = {k: v for k, v in recipe.items() if k not in ("sampler", "sigmas")}      # e.g. CTM's gamma
+    cond = {"class_labels": labels.to(device), "guidance_scale": guidance_scale, **options}
     x = get_sampler(recipe["sampler"])(denoiser.eval(), (z * sigmas[0]).to(device), sigmas.to(device), cond,
                                        generator=generator)
     return x.clamp(-1, 1).cpu()

@@ -1,8 +1,8 @@
 """Samplers with one signature: sample_<name>(denoiser, x, sigmas, cond, *, generator, callback) -> x0.
 
 `x` is the initial noise already scaled to sigmas[0]; `sigmas` is a decreasing list that ends
-in 0; `cond` holds class labels (and optionally a guidance scale). Teacher and student are
-evaluated by the same code.
+in 0; `cond` holds class labels, optionally a guidance scale, and a recipe's sampler options (gamma-sampling's
+`gamma`). Teacher and student are evaluated by the same code.
 """
 from __future__ import annotations
 
@@ -51,7 +51,31 @@ def sample_fewstep(denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond, *,
     return x0
 
 
-SAMPLERS = {"heun": sample_heun, "fewstep": sample_fewstep}
+@torch.no_grad()
+def sample_gamma(denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond, *,
+                 generator: Optional[torch.Generator] = None, callback: Optional[Callable] = None) -> torch.Tensor:
+    """CTM gamma-sampling (Kim et al. 2023, Algorithm 1 / ../shared/PAPERS.md): from t_n jump with the
+    student's G to sqrt(1 - gamma^2) t_{n+1}, then add fresh noise back up to t_{n+1}:
+        x~ = G(x_{t_n}, t_n, sqrt(1 - gamma^2) t_{n+1});  x_{t_{n+1}} = x~ + gamma t_{n+1} eps.
+    gamma = 0: deterministic long jumps; gamma = 1: consistency-model multistep (= sample_fewstep).
+    `denoiser.jump(x, t, s, class_labels)` is G; one NFE per step. cond['gamma'] (default 0)."""
+    gamma = float(cond.get("gamma", 0.0)) if isinstance(cond, dict) else 0.0
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma-sampling: gamma must lie in [0, 1], got {gamma}")
+    if len(sigmas) < 2 or float(sigmas[-1]) != 0.0 or bool((sigmas[1:] >= sigmas[:-1]).any()):
+        raise ValueError(f"gamma-sampling: sigmas must decrease strictly and end in 0, got {sigmas.tolist()}")
+    labels = cond["class_labels"] if isinstance(cond, dict) else cond
+    for i in range(len(sigmas) - 1):
+        t, t_next = sigmas[i], sigmas[i + 1]
+        x = denoiser.jump(x, t, (1.0 - gamma**2) ** 0.5 * t_next, labels)
+        if t_next > 0 and gamma > 0:
+            x = x + gamma * t_next * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if callback is not None:
+            callback({"i": i, "sigma": float(t), "x": x})
+    return x
+
+
+SAMPLERS = {"heun": sample_heun, "fewstep": sample_fewstep, "gamma": sample_gamma}
 
 
 def get_sampler(name: str):

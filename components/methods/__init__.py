@@ -10,11 +10,12 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from components.config import ConfigError, DistillConfig, parse_section
+from components.methods.ctm import CTM, CTMConfig
 from components.methods.dmd2 import DMD2, DMD2Config
 from components.methods.interface import Method
 from components.methods.trainer import DivergenceError, distill
 
-METHODS: dict[str, type[Method]] = {"dmd2": DMD2}
+METHODS: dict[str, type[Method]] = {"dmd2": DMD2, "ctm": CTM}
 
 # The type of the distill section as a step parameter: the configured method's Config, told apart by
 # `method` (ZenML validates a step's parameters against its annotation).
@@ -52,5 +53,5 @@ def build_method(teacher, cfg: DistillConfig | dict, data, pairs=None) -> Method
     return method_class(cfg.method)(teacher, cfg, data, pairs)
 
 
-__all__ = ["METHODS", "DMD2", "DMD2Config", "DistillConfig", "DistillSection", "DivergenceError", "Method",
+__all__ = ["METHODS", "CTM", "CTMConfig", "DMD2", "DMD2Config", "DistillConfig", "DistillSection", "DivergenceError", "Method",
            "build_method", "distill", "method_class", "parse_distill_config"]

@@ -15,7 +15,6 @@ bottleneck. One iteration (../shared/PAPERS.md, DMD2):
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 from typing import Literal
 
 import torch
@@ -114,10 +113,6 @@ class DiscriminatorHead(nn.Module):
         return self.out(self.net(features).mean(dim=(2, 3))).squeeze(1)
 
 
-def _finite(t: torch.Tensor) -> bool:
-    return bool(torch.isfinite(t).all())
-
-
 class DMD2(Method):
     Config = DMD2Config
 
@@ -168,15 +163,6 @@ class DMD2(Method):
         self.rng = torch.Generator().manual_seed(cfg.seed + 1)
 
     # -- helpers -------------------------------------------------------------------------------
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
-
-    # Random draws are made for the global batch and sharded (components/distributed.py): a rank sees
-    # the numbers one process would use for its samples. `parts`: n holds that many batches end to end.
-    def _randn(self, shape, parts: int = 1) -> torch.Tensor:
-        z = torch.randn((self.world.global_size(shape[0]), *shape[1:]), generator=self.rng)
-        return self.world.shard(z, parts).to(self.device)
-
     def _sigmas(self, n: int, lo: int, hi: int, parts: int = 1) -> torch.Tensor:
         idx = self.world.shard(torch.randint(lo, hi, (self.world.global_size(n),), generator=self.rng), parts)
         return self.sigma_grid[idx.to(self.sigma_grid.device)]
@@ -209,24 +195,6 @@ class DMD2(Method):
             for i in range(k):
                 x = net(x, s[i], y).float() + s[i + 1] * self._randn(x.shape)
         return x, s[k]
-
-    def _update(self, loss: torch.Tensor, params, opt, sched, name: str, logs: dict) -> bool:
-        """Backward + clip + step, unless the loss or the gradient is NaN/inf (then skip and log)."""
-        opt.zero_grad(set_to_none=True)
-        if self.world.any(not _finite(loss)):                          # any rank bad: all skip together
-            logs[f"bad_{name}"] = 1.0
-            return False
-        loss.backward(inputs=params)
-        self.world.average_gradients(params)                           # data parallel: mean over ranks
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-        if not _finite(norm):
-            opt.zero_grad(set_to_none=True)
-            logs[f"bad_{name}"] = 1.0
-            return False
-        logs[f"grad_norm_{name}"] = float(norm)
-        opt.step()
-        sched.step()
-        return True
 
     def _pairs_batch(self, n: int):
         idx = self.world.shard(torch.randint(0, len(self.pairs), (self.world.global_size(n),), generator=self.rng))
@@ -306,11 +274,6 @@ class DMD2(Method):
             logs["loss_gan_D"] = loss_D.item()
         self._update(loss_critic, fake_params, self.opt_fake, self.sched_fake, "fake", logs)
         return self._finish(logs)
-
-    def _finish(self, logs: dict) -> dict:
-        self.step += 1
-        logs["skipped"] = float(any(k.startswith("bad_") for k in logs))   # the trainer counts these in a row
-        return logs
 
     # -- the student, checkpoints ---------------------------------------------------------------
     def student(self) -> Denoiser:

@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import sys
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 
 import torch
 
@@ -56,6 +57,39 @@ class Method(ABC):
     def load_state_dict(self, state: dict) -> None:
         """Restore what state_dict() returned."""
 
+    # -- helpers every method shares (a subclass sets self.rng, a torch.Generator, and cfg.grad_clip) -----
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    # Random draws are made for the global batch and sharded (components/distributed.py): a rank sees
+    # the numbers one process would use for its samples. `parts`: n holds that many batches end to end.
+    def _randn(self, shape, parts: int = 1) -> torch.Tensor:
+        z = torch.randn((self.world.global_size(shape[0]), *shape[1:]), generator=self.rng)
+        return self.world.shard(z, parts).to(self.device)
+
+    def _update(self, loss: torch.Tensor, params, opt, sched, name: str, logs: dict) -> bool:
+        """Backward + clip + step, unless the loss or the gradient is NaN/inf (then skip and log)."""
+        opt.zero_grad(set_to_none=True)
+        if self.world.any(not _finite(loss)):                          # any rank bad: all skip together
+            logs[f"bad_{name}"] = 1.0
+            return False
+        loss.backward(inputs=params)
+        self.world.average_gradients(params)                           # data parallel: mean over ranks
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        if not _finite(norm):
+            opt.zero_grad(set_to_none=True)
+            logs[f"bad_{name}"] = 1.0
+            return False
+        logs[f"grad_norm_{name}"] = float(norm)
+        opt.step()
+        sched.step()
+        return True
+
+    def _finish(self, logs: dict) -> dict:
+        self.step += 1
+        logs["skipped"] = float(any(k.startswith("bad_") for k in logs))   # the trainer counts these in a row
+        return logs
+
     def run_identity(self) -> dict:
         """What a checkpoint must share with this run to resume it: config (less RESUME_IGNORES),
         teacher hash, pairs and the method's code."""
@@ -67,6 +101,10 @@ class Method(ABC):
         config = {k: v for k, v in self.cfg.model_dump(mode="json").items() if k not in RESUME_IGNORES}
         return {"distill": config, "teacher_sha256": self.teacher_sha256, "pairs_sha256": pairs,
                 "code_sha256": code.hexdigest()}
+
+
+def _finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
 
 
 __all__ = ["DistillConfig", "Method", "RESUME_IGNORES"]

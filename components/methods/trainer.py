@@ -21,6 +21,7 @@ from components.config import ConfigError
 from components.methods.interface import Method
 from components.training import BatchSampler, seed_everything
 
+
 class DivergenceError(ValueError):
     """max_bad_steps non-finite steps in a row."""
 

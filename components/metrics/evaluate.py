@@ -154,7 +154,41 @@ def evaluate_student_model(student, teacher, data: ImageDataset, feature_net: Fe
     student_m["latency_p50"] = latency_p50(student, data.num_classes, cfg.latency_repeats)
     extra = agreement(teacher, student, feature_net, data.num_classes, cfg.agreement_samples, cfg.seed,
                       cfg.batch_size) if feats is not None else {}
+    if hasattr(student, "jump") and feats is not None:       # a CTM student: its step x gamma sweep
+        extra["student_fid_vs_nfe"] = gamma_sweep(student, extractor, feature_net, data, refs, cfg, progress)
     return {**summary(teacher_metrics, student_m, gap), **extra}, gen
+
+
+CTM_STEPS, CTM_GAMMAS = (1, 2, 4), (0.0, 0.5, 1.0)     # the CTM evaluation grid (issue 16): one checkpoint
+
+
+def with_gamma_sampling(student, steps: int, gamma: float):
+    """A CTM student (components.diffusion.CTMDenoiser) with gamma-sampling at `steps` steps."""
+    from components.diffusion.noise_schedule import student_sigmas
+
+    s = copy.copy(student)        # shares the weights; only the recipe differs
+    sigmas = student_sigmas(steps, student.sigma_min, student.sigma_max)
+    s.sampling = {"sampler": "gamma", "sigmas": [round(float(v), 6) for v in sigmas], "gamma": float(gamma)}
+    return s
+
+
+def gamma_sweep(student, extractor, feature_net: FeatureNet, data: ImageDataset, refs: References, cfg: EvalConfig,
+                progress: bool = True, steps=CTM_STEPS, gammas=CTM_GAMMAS) -> list[dict]:
+    """FID of one CTM student at each step count and gamma (same samples count, seed and reference as every
+    FID of the run): [{'model': 'student gamma=g', 'nfe', 'fid', 'class_acc', 'steps', 'gamma'}]. One step is
+    the same for every gamma (a jump to 0): scored once, drawn on each gamma's curve."""
+    points, one = [], None
+    for gamma in gammas:
+        for n in steps:
+            if n == 1 and one is not None:
+                m = one
+            else:
+                m, _, _ = evaluate_generator(with_gamma_sampling(student, n, gamma), f"student-{n}-{gamma}", extractor,
+                                             feature_net, data, refs, cfg, progress)
+                one = m if n == 1 else one
+            points.append({"model": f"student gamma={gamma:g}", "nfe": m["nfe"], "fid": m["fid"],
+                           "class_acc": m["class_acc"], "steps": n, "gamma": gamma})
+    return points
 
 
 def checkpoint_fid(method, feature_net: FeatureNet, refs: References, extractor_cfg: ExtractorConfig,

@@ -190,3 +190,35 @@ def test_write_docs_keeps_the_rows_it_did_not_run(board):
     other["protocol"]["num_samples"] = 7
     assert [x["name"] for x in lb.merge_previous(saved | {"rows": [two]}, other, ["one step", "two steps"])["rows"]] \
         == ["two steps"]
+
+
+def test_a_sweep_row_trains_once_per_seed_and_scores_each_recipe(board, tmp_path, capsys):
+    """A CTM row with sweep {steps, gamma} expands to one row per recipe; each training seed is distilled
+    once, its student saved, and a recipe added later is scored from the saved student (no retraining)."""
+    tmp, spec, _, _ = board
+    s = yaml.safe_load(spec.read_text())
+    s["rows"] = [{"name": "ctm", "distill": {"method": "ctm"}, "sweep": {"steps": [1, 2], "gamma": [0.0, 1.0]}}]
+    path = tmp_path / "ctm.yaml"
+    path.write_text(yaml.safe_dump(s))
+    assert [r["name"] for r in lb.load_spec(str(path), None, None, None)["rows"]] == [
+        "ctm 1-step", "ctm 2-step, gamma 0", "ctm 2-step, gamma 1"]
+    cache = ["--cache", str(tmp / "cache"), "--train-seeds", "1"]
+    capsys.readouterr()
+    r = lb.main(["--spec", str(path), "--rows", "ctm 1-step,ctm 2-step, gamma 0", *cache])[0]
+    err = capsys.readouterr().err
+    assert err.count("training seed 0") == 2 and err.count("cached student") == 1    # one distillation
+    assert [row["nfe"] for row in r["rows"]] == [1, 2]
+    assert r["rows"][0]["distill_seconds"] == r["rows"][1]["distill_seconds"]
+    assert r["rows"][0]["fid"] != r["rows"][1]["fid"]
+    # the third recipe, later: the saved student is scored; the two earlier rows come from the cache
+    again = lb.main(["--spec", str(path), "--rows", "ctm", *cache])[0]
+    err = capsys.readouterr().err
+    assert "distill (ctm)" not in err and err.count("cached student") == 1 and err.count("cached (") == 2
+    assert [row["fid"] for row in again["rows"][:2]] == [row["fid"] for row in r["rows"]]
+    assert again["rows"][2]["nfe"] == 2 and again["rows"][2]["fid"] != again["rows"][1]["fid"]
+    bad = {**s, "rows": [{"name": "ctm", "distill": {"method": "ctm"}, "sweep": {"steps": [0]}}]}
+    path.write_text(yaml.safe_dump(bad))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        lb.load_spec(str(path), None, None, None)
+    assert "row 'ctm': sweep needs steps" in capsys.readouterr().err

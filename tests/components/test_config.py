@@ -71,7 +71,7 @@ def test_section_must_be_a_mapping():
 
 
 def test_unknown_method_lists_valid_names(digits_npz):
-    with pytest.raises(ConfigError, match=r"distill\.method.*'nope'.*valid: dmd2"):
+    with pytest.raises(ConfigError, match=r"distill\.method.*'nope'.*valid: ctm, dmd2"):
         resolve_config(data={"path": digits_npz}, distill={"method": "nope"})
 
 
@@ -143,3 +143,27 @@ def test_the_library_imports_no_orchestration_package():
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in banned]
     assert not found, found
+
+
+def test_a_distill_section_of_another_method_keeps_only_the_shared_keys(digits_npz, tmp_path):
+    """params.yaml is DMD2's; distill: {method: ctm} over it takes CTM's defaults plus params.yaml's
+    method-independent keys - the ZenML config configs/ctm_local.yaml and DVC's params_ctm.yaml alike."""
+    from components.methods import CTMConfig
+    from components.params import read_distill_file
+
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())["distill"]
+    for override in (yaml.safe_load((ROOT / "configs" / "ctm_local.yaml").read_text())["parameters"]["distill"],
+                     read_distill_file(str(ROOT / "params_ctm.yaml"))):
+        cfg = load_params(str(ROOT / "params.yaml"), data={"path": digits_npz}, distill=override).distill
+        assert isinstance(cfg, CTMConfig) and cfg.iterations == base["iterations"] and cfg.seed == base["seed"]
+        assert cfg.checkpoint_every == base["checkpoint_every"] and cfg.num_scales == override["num_scales"]
+    # the same method: keys merge as before
+    cfg = load_params(str(ROOT / "params.yaml"), data={"path": digits_npz}, distill={"w_gen": 0.5}).distill
+    assert isinstance(cfg, DMD2Config) and cfg.w_gen == 0.5 and cfg.lr_gen == base["lr_gen"]
+    # a DMD2 key in a CTM section is named
+    with pytest.raises(ConfigError, match="distill.w_gen"):
+        load_params(str(ROOT / "params.yaml"), data={"path": digits_npz}, distill={"method": "ctm", "w_gen": 0.1})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("distill: {method: ctm}\nteacher: {}\n")
+    with pytest.raises(ConfigError, match="bad.yaml': expected a YAML mapping with one section, distill"):
+        read_distill_file(str(bad))

@@ -73,27 +73,33 @@ def stage_inputs(tmp_path_factory, digits_npz, digits, tiny_teacher):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _argv(tmp: Path, name: str, params: str = "params.yaml") -> list[str]:
-    return ["distill", "--params", str(tmp / params), "--dataset", str(tmp / "dataset"), "--teacher",
+def _argv(tmp: Path, name: str, params: str = "params.yaml", method: str = "dmd2") -> list[str]:
+    extra = []
+    if method == "ctm":          # the CTM student through the same stage: a distill section of its own
+        (tmp / "ctm.yaml").write_text(yaml.safe_dump({"distill": {"method": "ctm", "max_heun_steps": 2, "lr": 2e-3}}))
+        extra = ["--distill-params", str(tmp / "ctm.yaml")]
+    return ["distill", "--params", str(tmp / params), *extra, "--dataset", str(tmp / "dataset"), "--teacher",
             str(tmp / "teacher"), "--features", str(tmp / "feature_net"), "--checkpoints", str(tmp / f"ckpt-{name}"),
             "--out", str(tmp / f"student-{name}"), "--plots", str(tmp / f"losses-{name}.csv")]
 
 
 def _results(tmp: Path, name: str) -> tuple[dict, list[dict]]:
-    weights = load_file(str(next((tmp / f"student-{name}").rglob("*.safetensors"))))
+    weights = load_file(str(next((tmp / f"student-{name}" / "unet").glob("*.safetensors"))))
     with open(tmp / f"losses-{name}.csv") as f:
         history = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
     return weights, history
 
 
-def test_two_processes_match_one_with_the_same_global_batch(stage_inputs, one_thread):
-    assert stages.main(_argv(stage_inputs, "single")) == 0            # one process: the stage CLI, here
+@pytest.mark.parametrize("method", ["dmd2", "ctm"])
+def test_two_processes_match_one_with_the_same_global_batch(stage_inputs, one_thread, method):
+    single, ddp = f"single-{method}", f"ddp-{method}"
+    assert stages.main(_argv(stage_inputs, single, method=method)) == 0      # one process: the stage CLI, here
     r = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "components.stages",
-                        *_argv(stage_inputs, "ddp")], check=False, cwd=stage_inputs, env=ENV, capture_output=True,
+                        *_argv(stage_inputs, ddp, method=method)], check=False, cwd=stage_inputs, env=ENV, capture_output=True,
                        text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "on 2 process(es)" in r.stdout                            # really data-parallel, not 2 lone runs
-    (one_w, one_h), (two_w, two_h) = _results(stage_inputs, "single"), _results(stage_inputs, "ddp")
+    (one_w, one_h), (two_w, two_h) = _results(stage_inputs, single), _results(stage_inputs, ddp)
     assert len(one_h) == len(two_h) == 6
     rel = max(abs(b[k] - a[k]) / max(abs(a[k]), 1e-12) for a, b in zip(one_h, two_h) for k in a if k.startswith("loss"))
     print(f"max relative loss difference over 6 steps: {rel:.3e}")

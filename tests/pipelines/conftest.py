@@ -84,7 +84,7 @@ def inspect_runs(env, names: list[str]) -> list[dict]:
 def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
     """Three tiny runs in `env`'s store -> {name: {"output", "info", "data", "data_md5", "run_name"}} (JSON):
     'reject' (a gate no student passes), 'pass' (same data and teacher: cached; the gate passes and
-    promotes) and 'changed' (one pixel of the data changed: everything re-runs; passes)."""
+    promotes) and 'changed' (one pixel of the data changed: everything re-runs; a CTM student; passes)."""
     from components.data.builtin import write_npz
     from components.data.versioning import dvc_md5
 
@@ -100,6 +100,10 @@ def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
         config, cfg = tmp / f"{name}.yaml", tiny_config(tmp, data, gate)
         if name == "changed":                                  # the 'pass' run checks the ONNX copy; skip its ~15 s
             cfg["parameters"]["export"] = {"onnx": False}
+            # ... and the same pipeline and steps distil with CTM: distill.method switches the method
+            # (params.yaml's DMD2 keys drop out; its method-independent ones stay)
+            shared = {k: v for k, v in cfg["parameters"]["distill"].items() if k != "dfake_gen_update_ratio"}
+            cfg["parameters"]["distill"] = {**shared, "method": "ctm", "max_heun_steps": 2}
         cfg["run_name"] = f"tiny_{name}_{uuid.uuid4().hex[:8]}"      # found again by name, whatever else ran
         config.write_text(yaml.safe_dump(cfg))
         # W&B is checked on the first run only (WANDB_MODE in the environment wins over tracking.wandb)

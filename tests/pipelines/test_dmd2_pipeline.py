@@ -65,3 +65,16 @@ def test_changed_data_reruns_everything_downstream(pipeline_runs):
     assert out3["run_metadata"]["data_md5"] == changed["data_md5"] != before["info"]["run_metadata"]["data_md5"]
     for name in ("ingest_data", "build_dataset", "feature_net_step", "teacher_step", "evaluate_teacher"):
         assert out3["steps"][name].endswith("completed"), (name, out3["steps"][name])
+
+
+def test_the_same_pipeline_distils_with_ctm(pipeline_runs):
+    """The 'changed' run has distill.method ctm: the same steps train, score (its step x gamma sweep in the
+    report's FID-vs-NFE picture), gate and export a CTM student (with its s embedding)."""
+    out = pipeline_runs["changed"]["info"]
+    assert "s_embedding.safetensors" in out["exported"] and "unet" in out["exported"]
+    assert "PASSED" in out["report"]
+    assert all("loss_ctm" in row for row in out["history"])
+    assert "s_embedding.safetensors" in out["student_uri_files"]             # the student artifact keeps G
+    sweep = out["metrics"]["student_fid_vs_nfe"]
+    assert {(p["steps"], p["gamma"]) for p in sweep} == {(n, g) for n in (1, 2, 4) for g in (0.0, 0.5, 1.0)}
+    assert {p["nfe"] for p in sweep} == {1, 2, 4}

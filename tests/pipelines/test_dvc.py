@@ -48,6 +48,7 @@ def dvc_repo(tmp_path_factory):
     `dvc repro` -> (repo, env, that repro's stdout, its metrics.json). Built once per session (shared_once)."""
     def build(repo):
         shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+        shutil.copy(ROOT / "params_ctm.yaml", repo / "params_ctm.yaml")
         shutil.copytree(ROOT / "components", repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
         materialize_digits(repo / "data" / "digits.npz")
         (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(repo / "data" / "digits.npz"), sort_keys=False))
@@ -83,6 +84,15 @@ def test_dvc_repro_builds_everything_then_does_nothing(dvc_repo):
     assert "diffusion_pytorch_model.safetensors" in files and "manifest.csv" in files and "validation.html" in files
     assert not any(f.endswith((".pkl", ".pickle", ".pt", ".bin")) for f in files)
     assert not any(p.name.endswith(".tmp") for p in (repo / "artifacts").iterdir())
+
+    # the CTM chain (params_ctm.yaml over params.yaml) on the same data, feature net and teacher stages
+    for stage in ("distill_ctm", "evaluate_ctm", "export_ctm"):
+        assert f"Running stage '{stage}'" in first
+    ctm = json.loads((repo / "metrics_ctm.json").read_text())
+    assert ctm["teacher_fid"] == metrics["teacher_fid"] and ctm["student_fid"] != metrics["student_fid"]
+    assert {(p["steps"], p["gamma"]) for p in ctm["student_fid_vs_nfe"]} == {(n, g) for n in (1, 2, 4)
+                                                                           for g in (0.0, 0.5, 1.0)}
+    assert (repo / "artifacts" / "ctm" / "student" / "s_embedding.safetensors").is_file()
 
     second = _sh([DVC, "repro"], repo, env)
     assert "Running stage" not in second.stdout
