@@ -50,7 +50,7 @@ def dmd2_pipeline(params_file: Optional[str] = None, data: Optional[Dict[str, An
     sampler = {k: getattr(cfg.teacher, k) for k in ("sampler_steps", "rho", "sigma_min", "sigma_max")}
     pairs_ = teacher_pairs(teacher_model, cfg.pairs, sampler, threads)
     student, history, loss_curve = distill_step(teacher_model, dataset, pairs_, feature_net, references,
-                                                cfg.distill, cfg.evaluation.extractor(),
+                                                cfg.distill.model_dump(mode="json"), cfg.evaluation.extractor(),
                                                 cfg.evaluation.num_samples, threads)
     teacher_metrics, teacher_features, teacher_grid = evaluate_teacher(teacher_model, dataset, feature_net,
                                                                        references, cfg.evaluation, threads)

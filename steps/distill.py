@@ -1,7 +1,7 @@
 """Step: distill the teacher into a few-step student with the configured method (with the
 student's FID at checkpoints when distill.fid_every > 0)."""
 import time
-from typing import Annotated, Dict, List, Tuple
+from typing import Annotated, Any, Dict, List, Tuple
 
 from PIL import Image
 from zenml import step
@@ -10,7 +10,7 @@ from components.config import ExtractorConfig
 from components.data import ImageDataset
 from components.diffusion import Denoiser
 from components.diffusion.pairs import TeacherPairs
-from components.methods import DistillSection, build_method, distill
+from components.methods import build_method, distill
 from components.metrics import FeatureNet, ReferenceFeatures
 from components.metrics.evaluate import checkpoint_fid
 from components.training import pin_threads
@@ -22,11 +22,13 @@ from steps.names import DISTILL_HISTORY, DISTILL_LOSS_CURVE, STUDENT
 
 @step(output_materializers={STUDENT: DenoiserMaterializer})
 def distill_step(teacher: Denoiser, dataset: ImageDataset, pairs: TeacherPairs, feature_net: FeatureNet,
-                 references: ReferenceFeatures, distill_config: DistillSection, extractor: ExtractorConfig,
+                 references: ReferenceFeatures, distill_config: Dict[str, Any], extractor: ExtractorConfig,
                  fid_samples: int = 1000, threads: int = 0) -> Tuple[
         Annotated[Denoiser, STUDENT], Annotated[List[Dict[str, float]], DISTILL_HISTORY],
         Annotated[Image.Image, DISTILL_LOSS_CURVE]]:
     threads = pin_threads(threads)       # compute.threads (0: as it is) -> the count in effect
+    # the distill section as plain data: its method's Config validates it (ZenML cannot validate a union of
+    # Configs told apart by `method`; load_params checked it before any step ran)
     method = build_method(teacher, distill_config, dataset, pairs)
     callback = checkpoint_fid(method, feature_net, references, extractor, fid_samples)
     t0 = time.perf_counter()

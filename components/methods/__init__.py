@@ -5,10 +5,6 @@ A new method is one file here: a `Method` subclass (components/methods/interface
 name), added to METHODS. The trainer (components/methods/trainer.py) runs every method alike."""
 from __future__ import annotations
 
-from typing import Annotated, Union
-
-from pydantic import Field
-
 from components.config import ConfigError, DistillConfig, parse_section
 from components.methods.ctm import CTM, CTMConfig
 from components.methods.dmd2 import DMD2, DMD2Config
@@ -17,10 +13,6 @@ from components.methods.trainer import DivergenceError, distill
 
 METHODS: dict[str, type[Method]] = {"dmd2": DMD2, "ctm": CTM}
 
-# The type of the distill section as a step parameter: the configured method's Config, told apart by
-# `method` (ZenML validates a step's parameters against its annotation).
-_CONFIGS = tuple(cls.Config for cls in METHODS.values())
-DistillSection = _CONFIGS[0] if len(_CONFIGS) == 1 else Annotated[Union[_CONFIGS], Field(discriminator="method")]
 
 
 def method_class(name) -> type[Method]:
@@ -53,5 +45,5 @@ def build_method(teacher, cfg: DistillConfig | dict, data, pairs=None) -> Method
     return method_class(cfg.method)(teacher, cfg, data, pairs)
 
 
-__all__ = ["METHODS", "CTM", "CTMConfig", "DMD2", "DMD2Config", "DistillConfig", "DistillSection", "DivergenceError", "Method",
+__all__ = ["METHODS", "CTM", "CTMConfig", "DMD2", "DMD2Config", "DistillConfig", "DivergenceError", "Method",
            "build_method", "distill", "method_class", "parse_distill_config"]
