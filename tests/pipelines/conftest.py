@@ -103,7 +103,7 @@ def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
             # ... and the same pipeline and steps distil with CTM: distill.method switches the method
             # (params.yaml's DMD2 keys drop out; its method-independent ones stay)
             shared = {k: v for k, v in cfg["parameters"]["distill"].items() if k != "dfake_gen_update_ratio"}
-            cfg["parameters"]["distill"] = {**shared, "method": "ctm", "max_heun_steps": 2}
+            cfg["parameters"]["distill"] = {**shared, "method": "ctm", "max_heun_steps": 1}
         cfg["run_name"] = f"tiny_{name}_{uuid.uuid4().hex[:8]}"      # found again by name, whatever else ran
         config.write_text(yaml.safe_dump(cfg))
         # W&B is checked on the first run only (WANDB_MODE in the environment wins over tracking.wandb)
