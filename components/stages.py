@@ -7,7 +7,10 @@
     python -m components.stages distill   --params params.yaml --dataset ... --teacher ... --features ...
                                           --pairs artifacts/pairs --checkpoints artifacts/checkpoints
                                           --out artifacts/student --plots plots/distill_losses.csv
+    python -m components.stages teacher_eval --params params.yaml --dataset ... --features ... --teacher ...
+                                          --out artifacts/teacher_eval
     python -m components.stages evaluate  --params params.yaml --dataset ... --features ... --teacher ... --student ...
+                                          --teacher-eval artifacts/teacher_eval
                                           --metrics metrics.json --out artifacts/eval --plots plots/fid_vs_nfe.csv
     python -m components.stages export    --params params.yaml --dataset ... --student ... --metrics metrics.json
                                           --eval artifacts/eval --out models/dmd2_student --report artifacts/report/run_report.html
@@ -104,12 +107,11 @@ def _references(cfg: RunConfig, dataset, net):
 
 def stage_distill(cfg: RunConfig, a: argparse.Namespace) -> None:
     from components.data import ImageDataset
-    from components.diffusion import load_denoiser, save_denoiser
-    from components.methods import build_method, distill
-    from components.metrics import FeatureNet
-    from components.diffusion import state_hash
+    from components.diffusion import load_denoiser, save_denoiser, state_hash
     from components.diffusion.pairs import load_pairs
     from components.distributed import init_from_env, shutdown
+    from components.methods import build_method, distill
+    from components.metrics import FeatureNet
     from components.metrics.evaluate import checkpoint_fid
 
     world = init_from_env()          # under torchrun / accelerate launch / a PyTorchJob: data-parallel ranks
@@ -135,12 +137,62 @@ def stage_distill(cfg: RunConfig, a: argparse.Namespace) -> None:
         shutdown()
 
 
-def stage_evaluate(cfg: RunConfig, a: argparse.Namespace) -> None:
-    """metrics.json (the run's summary), the teacher's figures and FID-vs-NFE points, sample grids."""
+def _teacher_protocol(cfg: RunConfig, teacher, net, dataset) -> dict:
+    """What the teacher's figures depend on: `evaluate` uses a teacher_eval output only when they match."""
+    from components.diffusion import state_hash
+
+    return {"teacher_sha256": state_hash(teacher), "feature_net_sha256": state_hash(net),
+            "dataset_sha256": dataset.fingerprint(), "evaluation": cfg.evaluation.model_dump(mode="json"),
+            "threads": cfg.compute.threads}
+
+
+def stage_teacher_eval(cfg: RunConfig, a: argparse.Namespace) -> None:
+    """The teacher's figures (its default sampler and evaluation.teacher_nfe_steps, the real floor), its
+    sample features and sample grid, and the protocol they were made under: scored once for every
+    student chain (`evaluate --teacher-eval`)."""
     from components.data import ImageDataset
     from components.diffusion import load_denoiser
     from components.metrics import FeatureNet, FeatureSet
-    from components.metrics.evaluate import evaluate_student_model, evaluate_teacher_model
+    from components.metrics.evaluate import evaluate_teacher_model
+    from components.viz import sample_grid
+
+    ev = cfg.evaluation
+    dataset, net = ImageDataset.load(a.dataset), FeatureNet.from_pretrained(a.features)
+    teacher = load_denoiser(a.teacher, what="teacher")
+    metrics, feats, gen = evaluate_teacher_model(teacher, dataset, net, _references(cfg, dataset, net), ev)
+    with atomic_dir(a.out) as tmp:
+        write_json(tmp / "teacher_metrics.json", metrics)
+        FeatureSet(feats.features, "teacher-samples", feats.feature_net).save(tmp)
+        sample_grid(gen.images, gen.labels, dataset.num_classes, ev.grid_per_class).save(tmp / "teacher_samples.png")
+        write_json(tmp / "teacher_protocol.json", _teacher_protocol(cfg, teacher, net, dataset))
+    print(f"teacher FID {metrics['fid']:.3f} at {metrics['nfe']} NFE -> {a.out}")
+
+
+def _saved_teacher_eval(folder: Path, protocol: dict):
+    """(metrics, sample features, sample grid PNG bytes) of a teacher_eval output made under `protocol`;
+    else a ValueError naming the file and the keys that differ."""
+    from components.metrics import FeatureSet
+
+    where = folder / "teacher_protocol.json"
+    if not where.is_file():
+        raise FileNotFoundError(f"--teacher-eval '{folder}': no teacher_protocol.json (the teacher_eval stage's --out)")
+    saved = json.loads(where.read_text())
+    differ = sorted(k for k in protocol if saved.get(k) != protocol[k])
+    if differ:
+        raise ValueError(f"--teacher-eval '{where}': made with another {', '.join(differ)} than this stage's; "
+                         "rerun the teacher_eval stage")
+    return (json.loads((folder / "teacher_metrics.json").read_text()),
+            FeatureSet.load(folder, "teacher-samples"), (folder / "teacher_samples.png").read_bytes())
+
+
+def stage_evaluate(cfg: RunConfig, a: argparse.Namespace) -> None:
+    """metrics.json (the run's summary), the FID-vs-NFE points, sample grids; the teacher's figures come from
+    the teacher_eval stage's output (--teacher-eval), checked to be of this teacher, feature net, data,
+    evaluation section and thread count."""
+    from components.data import ImageDataset
+    from components.diffusion import load_denoiser
+    from components.metrics import FeatureNet
+    from components.metrics.evaluate import evaluate_student_model
     from components.metrics.summary import summary_table
     from components.run_report import fid_points
     from components.viz import fid_vs_nfe, sample_grid
@@ -148,16 +200,15 @@ def stage_evaluate(cfg: RunConfig, a: argparse.Namespace) -> None:
     ev = cfg.evaluation
     dataset, net = ImageDataset.load(a.dataset), FeatureNet.from_pretrained(a.features)
     teacher, student = load_denoiser(a.teacher, what="teacher"), load_denoiser(a.student, what="student")
-    refs = _references(cfg, dataset, net)
-    t_metrics, t_feats, t_gen = evaluate_teacher_model(teacher, dataset, net, refs, ev)
-    t_metrics = json.loads(json.dumps(t_metrics))   # the same JSON round trip as between the pipeline's steps
-    result, s_gen = evaluate_student_model(student, teacher, dataset, net, refs, t_metrics,
-                                           FeatureSet(t_feats.features, t_feats.name, t_feats.feature_net), ev)
+    t_metrics, t_feats, t_grid = _saved_teacher_eval(Path(a.teacher_eval), _teacher_protocol(cfg, teacher, net,
+                                                                                               dataset))
+    result, s_gen = evaluate_student_model(student, teacher, dataset, net, _references(cfg, dataset, net), t_metrics,
+                                           t_feats, ev)
     points = fid_points(t_metrics["fid_vs_nfe"], result)
     with atomic_dir(a.out) as tmp:
-        for name, gen in (("teacher", t_gen), ("student", s_gen)):
-            sample_grid(gen.images.nan_to_num(0.0), gen.labels, dataset.num_classes,
-                        ev.grid_per_class).save(tmp / f"{name}_samples.png")
+        (tmp / "teacher_samples.png").write_bytes(t_grid)
+        sample_grid(s_gen.images.nan_to_num(0.0), s_gen.labels, dataset.num_classes,
+                    ev.grid_per_class).save(tmp / "student_samples.png")
         fid_vs_nfe(points).save(tmp / "fid_vs_nfe.png")
         write_json(tmp / "teacher_metrics.json", t_metrics)
     write_csv(a.plots, points)
@@ -201,7 +252,8 @@ STAGES: dict[str, tuple[Callable[[RunConfig, argparse.Namespace], None], tuple[s
     "teacher": (stage_teacher, ("dataset", "plots")),
     "pairs": (stage_pairs, ("teacher",)),
     "distill": (stage_distill, ("dataset", "teacher", "features", "pairs", "checkpoints", "plots")),
-    "evaluate": (stage_evaluate, ("dataset", "features", "teacher", "student", "metrics", "plots")),
+    "teacher_eval": (stage_teacher_eval, ("dataset", "features", "teacher")),
+    "evaluate": (stage_evaluate, ("dataset", "features", "teacher", "teacher_eval", "student", "metrics", "plots")),
     "export": (stage_export, ("dataset", "student", "metrics", "eval", "report")),
 }
 
@@ -214,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "params file's (params_ctm.yaml: the CTM student; another method keeps only the shared keys)")
     for name in ("dataset", "features", "teacher", "pairs", "student", "metrics", "plots", "eval", "report"):
         ap.add_argument(f"--{name}")
+    ap.add_argument("--teacher-eval", default=None, help="evaluate: the teacher_eval stage's --out (its figures "
+                    "are used when they were made with the same data, teacher, feature net, evaluation and threads)")
     ap.add_argument("--checkpoints", default="artifacts/checkpoints")
     ap.add_argument("--out", required=True)
     return ap
@@ -222,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     run, needs = STAGES[a.stage]
-    missing = [f"--{n}" for n in needs if n != "pairs" and getattr(a, n) is None]
+    missing = [f"--{n.replace('_', '-')}" for n in needs if n != "pairs" and getattr(a, n) is None]
     if missing:
         print(f"error: stage {a.stage} needs {', '.join(missing)}", file=sys.stderr)
         return 2

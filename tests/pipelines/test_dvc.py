@@ -67,7 +67,7 @@ def dvc_repo(tmp_path_factory):
 
 def test_dvc_repro_builds_everything_then_does_nothing(dvc_repo):
     repo, env, first, _ = dvc_repo
-    for stage in ("data", "features", "teacher", "pairs", "distill", "evaluate", "export"):
+    for stage in ("data", "features", "teacher", "pairs", "distill", "teacher_eval", "evaluate", "export"):
         assert f"Running stage '{stage}'" in first
     # the tiny student fails the default gate (class accuracy, among others): the export holds only the reasons
     verdict = next(line for line in first.splitlines() if line.startswith("quality gate:"))
@@ -131,6 +131,30 @@ def test_data_stage_refuses_bad_data_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "every image readable" in err[0] and "bad.png" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "params.yaml"]          # nothing written
+
+
+def test_the_teacher_is_scored_once_and_only_its_own_figures_are_used(dvc_repo, tmp_path, capsys):
+    """teacher_eval scores the teacher once for both chains (evaluate and evaluate_ctm read it); figures made
+    under another evaluation section are refused, naming the file and what differs, and nothing is written."""
+    from components import stages
+
+    repo, _, first, _ = dvc_repo
+    assert first.count("Running stage 'teacher_eval'") == 1
+    assert (repo / "artifacts" / "teacher_eval" / "teacher_protocol.json").is_file()
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluation"]["seed"] = 7                                       # no run of this file used seed 7
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    art = repo / "artifacts"
+    argv = ["evaluate", "--params", str(tmp_path / "params.yaml"), "--dataset", str(art / "dataset"),
+            "--features", str(art / "feature_net"), "--teacher", str(art / "teacher"),
+            "--student", str(art / "ctm" / "student"), "--metrics", str(tmp_path / "m.json"),
+            "--out", str(tmp_path / "eval"), "--plots", str(tmp_path / "p.csv")]
+    assert stages.main(argv) == 2
+    assert "needs --teacher-eval" in capsys.readouterr().err
+    assert stages.main(argv + ["--teacher-eval", str(art / "teacher_eval")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "teacher_protocol.json" in err[0] and "another evaluation " in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]          # nothing written
 
 
 # last in the file: it waits for the session's ZenML runs if the other worker is still making them
