@@ -352,15 +352,27 @@ def sampled(student, row: dict):
     """The student with the row's `sampling` (a sweep row: gamma-sampling at its steps), else as trained."""
     if "sampling" not in row:
         return student
-    from components.metrics.evaluate import with_gamma_sampling
+    if not hasattr(student, "with_sampling"):
+        raise SpecError(f"leaderboard row {row['name']!r}: a sweep needs a student with step x gamma sampling "
+                        f"(distill.method ctm), got a {type(student).__name__}")
+    return student.with_sampling(int(row["sampling"]["steps"]), float(row["sampling"]["gamma"]))
 
-    return with_gamma_sampling(student, int(row["sampling"]["steps"]), float(row["sampling"]["gamma"]))
+
+def _adopt_named_entry(path: Path, named_key: str) -> None:
+    """Entries written before the key was the row's overrides were keyed by the row's name: move such an
+    entry (and its saved student) to its new key, so the seeds it holds are not distilled again."""
+    old = path.with_name(f"{named_key}.json")
+    if path.is_file() or not old.is_file():
+        return
+    if old.with_suffix("").is_dir():
+        old.with_suffix("").rename(path.with_suffix(""))
+    old.rename(path)
 
 
 def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) -> tuple[dict, list]:
     """One training seed of a row -> (its figures, its checkpoint curve up to long x iterations or further),
-    from the cache when a run of the same row, seed, data, teacher, feature net and protocol went at least
-    as far (its whole curve is returned).
+    from the cache when a run of the same distill overrides (the row's name is not part of the key), seed,
+    data, teacher, feature net and protocol went at least as far (its whole curve is returned).
     The entry keeps the resolved distill config it ran: a value that differs now (a changed default
     included) is a miss; a field added since, at its default, is not. The code is not part of the key:
     after changing a method's code, rerun with --fresh (each entry names the commit it ran at).
@@ -371,11 +383,11 @@ def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) ->
 
     distill_cfg = {k: v for k, v in row_distill(ctx.cfg, row).items() if k not in OPERATIONAL}
     distill_cfg["seed"] = seed
-    trained_as = row.get("train_as", row["name"])
-    key = _key(ctx.paths["dataset"].name, ctx.paths["feature_net"].name, ctx.paths["teacher"].name,
-               ctx.protocol(), trained_as, seed)
-    path = ctx.paths["teacher"].parent / "students" / f"{key}.json"
+    shared = (ctx.paths["dataset"].name, ctx.paths["feature_net"].name, ctx.paths["teacher"].name, ctx.protocol())
+    # keyed by what the row changes (its distill overrides), not by its name: a renamed row keeps its students
+    path = ctx.paths["teacher"].parent / "students" / f"{_key(*shared, row.get('distill') or {}, seed)}.json"
     folder = path.with_suffix("")                       # the saved student of a sweep's training
+    _adopt_named_entry(path, _key(*shared, row.get("train_as", row["name"]), seed))
     end = int(round(int(distill_cfg["iterations"]) * long))
     if path.is_file() and not fresh:
         entry = json.loads(path.read_text())

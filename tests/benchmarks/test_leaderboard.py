@@ -137,6 +137,30 @@ def test_student_seeds_are_cached_and_a_changed_config_is_a_miss(board, capsys):
     assert other["rows"][0]["per_seed"][0]["fid"] != r["rows"][0]["per_seed"][0]["fid"]
 
 
+def test_a_renamed_row_keeps_its_cached_students(board, tmp_path, capsys):
+    """The cache key is what the row changes (its distill overrides), not its name; an entry written under
+    the old name key is moved to the new key (with a sweep's saved student) instead of distilled again."""
+    tmp, spec, _, r = board
+    s = yaml.safe_load(spec.read_text())
+    s["rows"][1]["name"] = "two steps, renamed"
+    path = tmp_path / "renamed.yaml"
+    path.write_text(yaml.safe_dump(s))
+    capsys.readouterr()
+    again = lb.main(["--spec", str(path), "--cache", str(tmp / "cache"), "--rows", "two steps, renamed",
+                     "--long", "1"])[0]
+    assert capsys.readouterr().err.count("cached") == 2
+    assert again["rows"][0]["name"] == "two steps, renamed" and again["rows"][0]["per_seed"] == r["rows"][1]["per_seed"]
+
+    named, new = tmp_path / "old.json", tmp_path / "new.json"
+    named.write_text("{}")
+    (tmp_path / "old").mkdir()
+    lb._adopt_named_entry(new, "old")
+    assert new.is_file() and (tmp_path / "new").is_dir() and not named.exists() and not (tmp_path / "old").exists()
+    named.write_text('{"stale": 1}')
+    lb._adopt_named_entry(new, "old")                  # an entry under the new key wins; the old one stays
+    assert new.read_text() == "{}" and named.is_file()
+
+
 def test_a_seed_that_ran_shorter_is_counted_in_the_curve(board, capsys):
     """Seed 0 cached to 2x, seed 1 distilled again to 1x: the curve past 1x names its one seed, and the
     convergence picture labels that tail as a series of its own."""
