@@ -116,9 +116,8 @@ which only fewstep's loader reads:
 ```python
 from components.diffusion import load_denoiser
 from components.diffusion.generate import balanced_labels, generate
-from components.metrics.evaluate import with_gamma_sampling
 
-student = with_gamma_sampling(load_denoiser("<this folder>"), steps=4, gamma=0.5)
+student = load_denoiser("<this folder>").with_sampling(steps=4, gamma=0.5)
 images = generate(student, balanced_labels(8, {card.get('num_classes', 10)}), seed=0).images   # [-1, 1]
 ```
 This export's default recipe: {recipe.get('sampler', 'gamma')}-sampling, {len(recipe.get('sigmas', [0, 0])) - 1} step(s),

@@ -46,13 +46,17 @@ def resolve_config(**sections: Any) -> RunConfig:
     across sections and against the filesystem, before any step runs."""
     from components.data import check_data_config
     from components.gate import check_gate_config
-    from components.methods import parse_distill_config
+    from components.methods import PIPELINE_METHODS, parse_distill_config
 
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"config: unknown section {unknown[0]!r} (valid: {', '.join(SECTIONS)})")
     parsed = {name: parse_section(model, sections.get(name), name) for name, model in _MODELS.items()}
     cfg = RunConfig(distill=parse_distill_config(sections.get("distill")), **parsed)
+    if cfg.distill.method not in PIPELINE_METHODS:
+        raise ConfigError(f"config field 'distill.method': {cfg.distill.method!r} is not wired into the pipelines "
+                          f"yet (they run {', '.join(PIPELINE_METHODS)}); its components run from Python "
+                          "(docs/guided.md)")
     check_gate_config(cfg.gate)
     if cfg.evaluation.feature_net == "inception" and not cfg.evaluation.inception_download:
         from components.metrics.extractors import inception_weights

@@ -75,6 +75,24 @@ def fid_vs_nfe(points: list[dict], title: str = "FID vs NFE") -> Image.Image:
     return _to_image(fig)
 
 
+def fid_vs_w(points: list[dict], title: str = "FID and class accuracy vs guidance w") -> Image.Image:
+    """points: {'model', 'w', 'fid', 'class_acc'} (metrics.evaluate.guidance_sweep); one curve per model
+    (the CFG teacher, each step count of a guided student): FID on the left, class accuracy on the right."""
+    fig, (ax_fid, ax_acc) = _pyplot().subplots(1, 2, figsize=(8, 3.4), dpi=100)
+    for model in sorted({p["model"] for p in points}):
+        pts = sorted((p["w"], p["fid"], p["class_acc"]) for p in points if p["model"] == model)
+        w, fids, accs = zip(*pts)
+        style = dict(marker="o" if model.startswith("teacher") else "*", label=model)
+        ax_fid.plot(w, fids, **style)
+        ax_acc.plot(w, accs, **style)
+    for ax, label in ((ax_fid, "FID (eval split)"), (ax_acc, "class accuracy")):
+        ax.set_xlabel("guidance strength w (CFG scale 1 + w)")
+        ax.set_ylabel(label)
+    ax_fid.legend(fontsize=8)
+    fig.suptitle(title)
+    return _to_image(fig)
+
+
 def fid_over_training(curves: dict[str, list[tuple[int, float, float]]], teacher_fid: float, floor: float,
                       title: str = "FID during distillation") -> Image.Image:
     """curves: name -> [(iteration, FID mean over training seeds, std)]; the teacher's FID (default

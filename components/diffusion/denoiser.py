@@ -6,6 +6,7 @@ trained with a DDPM-style scheduler (epsilon, v or sample prediction).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -14,9 +15,11 @@ import torch
 from torch import nn
 
 from components.config import ConfigError
+from components.diffusion.noise_schedule import student_sigmas
 
 DENOISER_FILE = "denoiser.json"
 S_EMBEDDING_FILE = "s_embedding.safetensors"    # a CTM student's embedding of s (CTMDenoiser)
+W_EMBEDDING_FILE = "w_embedding.safetensors"    # a guided student's embedding of w (GuidedDenoiser)
 
 
 class Denoiser(nn.Module):
@@ -50,6 +53,10 @@ class Denoiser(nn.Module):
         both = self(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([class_labels, null]))
         cond, uncond = both.chunk(2)
         return uncond + scale * (cond - uncond)
+
+    def nfe(self, scale: float) -> int:
+        """Network evaluations of one guided() call: CFG needs the conditional and the unconditional one."""
+        return 1 if scale == 1.0 else 2
 
     def unet_inputs(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scaled input, noise conditioning) that the UNet sees for x at noise level sigma."""
@@ -101,10 +108,11 @@ def _add_extra_embedding(module: nn.Module, inputs, output):
     return output if extra is None else output + extra.to(output.dtype)
 
 
-class SEmbedding(nn.Module):
-    """CTM's embedding of the jump target s: sinusoidal features of c_noise(s) -> MLP -> the UNet's
-    time-embedding width (the same shape as the embedding of t it is added to). The last layer starts
-    at zero, so a new CTM student is its teacher for every s."""
+class ScalarEmbedding(nn.Module):
+    """An extra scalar input added to a UNet's time embedding (CTM's jump target s, guided distillation's
+    guidance strength w): sinusoidal (Fourier) features of the scalar -> MLP -> the time-embedding width
+    (the same shape as the embedding of t it is added to). The last layer starts at zero, so a new
+    student is its teacher for every value of the scalar."""
 
     def __init__(self, channels: int, dim: int):
         super().__init__()
@@ -135,14 +143,28 @@ class CTMDenoiser(EDMDenoiser):
                  sigma_data: float = 0.5):
         super().__init__(unet, num_classes, sigma_min, sigma_max, sigma_data)
         emb = unet.time_embedding
-        self.s_embed = SEmbedding(unet.config.block_out_channels[0], emb.linear_2.out_features)
+        self.s_embed = ScalarEmbedding(unet.config.block_out_channels[0], emb.linear_2.out_features)
         emb.register_forward_hook(_add_extra_embedding)   # a module-level function: survives deepcopy
-        self.sampling = {"sampler": "gamma", "sigmas": [self.sigma_max, 0.0], "gamma": 0.0}
+        self.sampling = self.gamma_recipe(1, 0.0)
+
+    # The grid every CTM run is scored on (metrics.evaluate.sampling_sweep, the leaderboard's sweep rows):
+    # one trained network at each step count x gamma.
+    sampling_sweep = {"steps": (1, 2, 4), "gamma": (0.0, 0.5, 1.0)}
+
+    def gamma_recipe(self, steps: int, gamma: float) -> dict:
+        """The gamma-sampling recipe at `steps` steps (samplers.sample_gamma): the student levels of
+        noise_schedule.student_sigmas (4 steps = sigma 80, 17.5, 2.5, 0.17, the DMD2 students' levels), then 0."""
+        sigmas = student_sigmas(int(steps), self.sigma_min, self.sigma_max)
+        return {"sampler": "gamma", "sigmas": [round(float(v), 6) for v in sigmas], "gamma": float(gamma)}
+
+    def with_sampling(self, steps: int, gamma: float) -> "CTMDenoiser":
+        """This student (weights shared, not copied) with gamma-sampling at `steps` steps."""
+        s = copy.copy(self)
+        s.sampling = self.gamma_recipe(steps, gamma)
+        return s
 
     @classmethod
     def from_teacher(cls, teacher: EDMDenoiser) -> "CTMDenoiser":
-        import copy
-
         if not isinstance(teacher, EDMDenoiser) or isinstance(teacher, CTMDenoiser):
             raise ConfigError("distill.method ctm: the teacher must be an EDM-preconditioned denoiser (kind 'edm'), "
                               f"got kind {getattr(teacher, 'kind', type(teacher).__name__)!r}")
@@ -174,6 +196,52 @@ class CTMDenoiser(EDMDenoiser):
                              f"{t.min().item():.4g}")
         r = (s / t).view(-1, 1, 1, 1)
         return r * x + (1 - r) * self.g(x, t, s, class_labels)
+
+
+class GuidedDenoiser(EDMDenoiser):
+    """A guided-distillation student x_eta(z_t, t, w) (Meng et al. 2022, stage 1 / ../shared/PAPERS.md):
+    the teacher's EDM-preconditioned UNet with an embedding of the guidance strength w added to its time
+    embedding (zero-initialised: a new student is the conditional teacher for every w). w is an input,
+    so one network evaluation gives what classifier-free guidance needs two for: the project's CFG scale
+    is 1 + w (D_u + (1 + w)(D_c - D_u) = (1 + w) D_c - w D_u), and `guided(x, sigma, c, scale)` runs the
+    network once at w = scale - 1. forward(x, sigma, c) is w = 0, the conditional prediction."""
+
+    kind = "guided"
+    W_SCALE = 250.0     # w enters the Fourier features as 250 w (c_noise = 250 ln sigma is on that scale)
+
+    def __init__(self, unet: nn.Module, num_classes: int, sigma_min: float, sigma_max: float,
+                 sigma_data: float = 0.5):
+        super().__init__(unet, num_classes, sigma_min, sigma_max, sigma_data)
+        emb = unet.time_embedding
+        self.w_embed = ScalarEmbedding(unet.config.block_out_channels[0], emb.linear_2.out_features)
+        emb.register_forward_hook(_add_extra_embedding)
+
+    @classmethod
+    def from_teacher(cls, teacher: EDMDenoiser) -> "GuidedDenoiser":
+        if type(teacher) is not EDMDenoiser:
+            raise ConfigError("distill.method guided: the teacher must be an EDM-preconditioned denoiser (kind "
+                              f"'edm'), got kind {getattr(teacher, 'kind', type(teacher).__name__)!r}")
+        return cls(copy.deepcopy(teacher.unet), teacher.num_classes, teacher.sigma_min, teacher.sigma_max,
+                   teacher.sigma_data)
+
+    def with_w(self, x: torch.Tensor, sigma, class_labels: torch.Tensor, w) -> torch.Tensor:
+        """x_eta(z_t, t, w): the student's guided prediction of the clean image, w a float or one per sample."""
+        w = torch.as_tensor(w, dtype=torch.float32, device=x.device).expand(x.shape[0])
+        emb = self.unet.time_embedding
+        emb.extra_embedding = self.w_embed(self.W_SCALE * w)
+        try:
+            return super().forward(x, sigma, class_labels)
+        finally:
+            emb.extra_embedding = None
+
+    def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor) -> torch.Tensor:
+        return self.with_w(x, sigma, class_labels, 0.0)
+
+    def guided(self, x: torch.Tensor, sigma, class_labels: torch.Tensor, scale: float) -> torch.Tensor:
+        return self.with_w(x, sigma, class_labels, float(scale) - 1.0)
+
+    def nfe(self, scale: float) -> int:
+        return 1
 
 
 class VPDenoiser(Denoiser):
@@ -238,10 +306,11 @@ def save_denoiser(denoiser: Denoiser, directory: str | Path, extra: dict | None 
         betas = 1 - denoiser.alphas_cumprod / torch.cat([torch.ones(1), denoiser.alphas_cumprod[:-1]])
         DDPMScheduler(num_train_timesteps=n, trained_betas=betas.tolist(),
                       prediction_type=denoiser.prediction_type).save_pretrained(directory / "scheduler")
-    if isinstance(denoiser, CTMDenoiser):
+    extra_embedding = _EXTRA_EMBEDDINGS.get(denoiser.kind)
+    if extra_embedding:
         from safetensors.torch import save_file
 
-        save_file(denoiser.s_embed.state_dict(), str(directory / S_EMBEDDING_FILE))
+        save_file(getattr(denoiser, extra_embedding[0]).state_dict(), str(directory / extra_embedding[1]))
     (directory / DENOISER_FILE).write_text(json.dumps({**denoiser.config(), **(extra or {})}, indent=1))
 
 
@@ -266,12 +335,12 @@ def load_denoiser(directory: str | Path, num_classes: int | None = None, what: s
                           f"expected num_classes + 1 = {n_cls + 1} (the last index is the null class)")
     sched = json.loads(sched_file.read_text())
     kind = info.get("kind", "edm" if sched.get("_class_name") == "CMStochasticIterativeScheduler" else "vp")
-    if kind in ("edm", "ctm"):
-        cls = CTMDenoiser if kind == "ctm" else EDMDenoiser
+    if kind in ("edm", "ctm", "guided"):
+        cls = {"edm": EDMDenoiser, "ctm": CTMDenoiser, "guided": GuidedDenoiser}[kind]
         den: Denoiser = cls(unet, n_cls, sched.get("sigma_min", 0.002), sched.get("sigma_max", 80.0),
                             sched.get("sigma_data", 0.5))
-        if kind == "ctm":
-            _load_s_embedding(den, directory / S_EMBEDDING_FILE, what)
+        if kind in _EXTRA_EMBEDDINGS:
+            _load_extra_embedding(den, directory, what)
     else:
         from diffusers import DDPMScheduler
 
@@ -282,16 +351,23 @@ def load_denoiser(directory: str | Path, num_classes: int | None = None, what: s
     return den.eval()
 
 
-def _load_s_embedding(den: CTMDenoiser, path: Path, what: str) -> None:
+# kind -> (the student's attribute, its file beside unet/): the scalar input a stock UNet does not have
+_EXTRA_EMBEDDINGS = {"ctm": ("s_embed", S_EMBEDDING_FILE), "guided": ("w_embed", W_EMBEDDING_FILE)}
+
+
+def _load_extra_embedding(den: Denoiser, directory: Path, what: str) -> None:
     from safetensors.torch import load_file
 
+    attr, name = _EXTRA_EMBEDDINGS[den.kind]
+    scalar = {"ctm": "a CTM student's embedding of s", "guided": "a guided student's embedding of w"}[den.kind]
+    path = directory / name
     if not path.is_file():
-        raise ConfigError(f"{what} '{path.parent}': denoiser.json says kind 'ctm' but {path.name} is missing "
-                          "(a CTM student's embedding of s)")
+        raise ConfigError(f"{what} '{directory}': denoiser.json says kind {den.kind!r} but {name} is missing "
+                          f"({scalar})")
     try:
-        den.s_embed.load_state_dict(load_file(str(path)))
+        getattr(den, attr).load_state_dict(load_file(str(path)))
     except (RuntimeError, OSError) as exc:
-        raise ConfigError(f"{what} '{path}': not a CTM s embedding for this UNet ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{what} '{path}': not {scalar} for this UNet ({str(exc).splitlines()[0]})") from None
 
 
 def state_hash(module: nn.Module) -> str:

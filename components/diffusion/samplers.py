@@ -34,6 +34,40 @@ def sample_heun(denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond, *,
     return x
 
 
+def ddim_step(x_t: torch.Tensor, x0_hat: torch.Tensor, t, s) -> torch.Tensor:
+    """The deterministic DDIM step t -> s, which on the EDM (VE) schedule is the Euler step of the
+    probability-flow ODE (../shared/PAPERS.md, guided distillation): x_s = x0_hat + (s / t)(x_t - x0_hat).
+    t, s: floats or one per sample."""
+    r = _per_sample(s, x_t) / _per_sample(t, x_t)
+    return x0_hat + r * (x_t - x0_hat)
+
+
+def ddim_target(x_t: torch.Tensor, x_s: torch.Tensor, t, s) -> torch.Tensor:
+    """The clean-image prediction x~ whose ONE DDIM step t -> s lands on x_s (progressive distillation's
+    target, Salimans & Ho 2022 / PAPERS.md): x_s = x~ + (s/t)(x_t - x~)  <=>  x~ = (x_s - (s/t) x_t) / (1 - s/t).
+    Needs s < t; s = 0 gives x~ = x_s."""
+    r = _per_sample(s, x_t) / _per_sample(t, x_t)
+    return (x_s - r * x_t) / (1 - r)
+
+
+def _per_sample(v, x: torch.Tensor) -> torch.Tensor:
+    v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
+    return v.reshape(-1, *([1] * (x.ndim - 1))) if v.ndim else v
+
+
+@torch.no_grad()
+def sample_ddim(denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond, *,
+                generator: Optional[torch.Generator] = None, callback: Optional[Callable] = None) -> torch.Tensor:
+    """Deterministic DDIM = Euler on the probability-flow ODE (`ddim_step`), one denoiser call per step:
+    the sampler of the guided and progressive students (w through cond's guidance_scale = 1 + w)."""
+    for i in range(len(sigmas) - 1):
+        x0 = _D(denoiser, x, sigmas[i], cond)
+        x = ddim_step(x, x0, sigmas[i], sigmas[i + 1])
+        if callback is not None:
+            callback({"i": i, "sigma": float(sigmas[i]), "x": x})
+    return x
+
+
 @torch.no_grad()
 def sample_fewstep(denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond, *,
                    generator: Optional[torch.Generator] = None, callback: Optional[Callable] = None) -> torch.Tensor:
@@ -75,7 +109,7 @@ def sample_gamma(denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond, *,
     return x
 
 
-SAMPLERS = {"heun": sample_heun, "fewstep": sample_fewstep, "gamma": sample_gamma}
+SAMPLERS = {"heun": sample_heun, "fewstep": sample_fewstep, "gamma": sample_gamma, "ddim": sample_ddim}
 
 
 def get_sampler(name: str):

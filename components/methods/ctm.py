@@ -37,7 +37,7 @@ from components.data import ImageDataset
 from components.diffusion import CTMDenoiser, karras_sigmas
 from components.diffusion.denoiser import Denoiser
 from components.diffusion.losses import edm_loss
-from components.diffusion.noise_schedule import edm_training_sigmas, student_sigmas
+from components.diffusion.noise_schedule import edm_training_sigmas
 from components.methods.dmd2 import DiscriminatorHead
 from components.methods.interface import Method
 from components.training import ema_model
@@ -233,7 +233,7 @@ class CTM(Method):
     def student(self) -> Denoiser:
         G = copy.deepcopy(self.G_ema.module if self.G_ema is not None else self.G).cpu().eval()
         G.requires_grad_(False)
-        G.sampling = ctm_sampling(G, self.cfg.sampling_steps, self.cfg.gamma)
+        G.sampling = G.gamma_recipe(self.cfg.sampling_steps, self.cfg.gamma)
         return G
 
     def _nets(self) -> dict:
@@ -274,11 +274,4 @@ class _Diagonal(torch.nn.Module):
         return self.G.g(x, sigma, sigma, class_labels)
 
 
-def ctm_sampling(G: Denoiser, steps: int, gamma: float) -> dict:
-    """The gamma-sampling recipe of a CTM student at `steps` steps (the Karras grid of steps + 1 points
-    without sigma_min: 4 steps = sigma 80, 17.5, 2.5, 0.17, the DMD2 students' levels)."""
-    sigmas = student_sigmas(steps, G.sigma_min, G.sigma_max)
-    return {"sampler": "gamma", "sigmas": [round(float(v), 6) for v in sigmas], "gamma": float(gamma)}
-
-
-__all__ = ["CTM", "CTMConfig", "adaptive_weight", "ctm_loss", "ctm_pair", "ctm_sampling", "heun_segment", "pseudo_huber"]
+__all__ = ["CTM", "CTMConfig", "adaptive_weight", "ctm_loss", "ctm_pair", "heun_segment", "pseudo_huber"]

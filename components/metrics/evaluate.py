@@ -84,11 +84,13 @@ def latency_p50(denoiser, num_classes: int, repeats: int, seed: int = 0) -> floa
 
 
 def evaluate_generator(denoiser, name: str, extractor, classifier: FeatureNet, data: ImageDataset,
-                       refs: References, cfg: EvalConfig, progress: bool = False
+                       refs: References, cfg: EvalConfig, progress: bool = False, guidance_scale: float = 1.0
                        ) -> tuple[dict, FeatureSet | None, Generated]:
-    """Sample cfg.num_samples class-balanced images with the denoiser's own recipe and score them."""
+    """Sample cfg.num_samples class-balanced images with the denoiser's own recipe (classifier-free
+    guidance at `guidance_scale`) and score them."""
     labels = balanced_labels(cfg.num_samples, data.num_classes)
-    gen = generate(denoiser, labels, cfg.seed, cfg.batch_size, progress=progress, desc=f"sampling {name}")
+    gen = generate(denoiser, labels, cfg.seed, cfg.batch_size, guidance_scale=guidance_scale, progress=progress,
+                   desc=f"sampling {name}")
     metrics, feats = score_samples(gen, name, extractor, classifier, refs, cfg.kid_subsets)
     return metrics, feats, gen
 
@@ -154,40 +156,43 @@ def evaluate_student_model(student, teacher, data: ImageDataset, feature_net: Fe
     student_m["latency_p50"] = latency_p50(student, data.num_classes, cfg.latency_repeats)
     extra = agreement(teacher, student, feature_net, data.num_classes, cfg.agreement_samples, cfg.seed,
                       cfg.batch_size) if feats is not None else {}
-    if hasattr(student, "jump") and feats is not None:       # a CTM student: its step x gamma sweep
-        extra["student_fid_vs_nfe"] = gamma_sweep(student, extractor, feature_net, data, refs, cfg, progress)
+    if getattr(student, "sampling_sweep", None) and feats is not None:   # e.g. CTM: its step x gamma grid
+        extra["student_fid_vs_nfe"] = sampling_sweep(student, extractor, feature_net, data, refs, cfg, progress)
     return {**summary(teacher_metrics, student_m, gap), **extra}, gen
 
 
-CTM_STEPS, CTM_GAMMAS = (1, 2, 4), (0.0, 0.5, 1.0)     # the CTM evaluation grid (issue 16): one checkpoint
-
-
-def with_gamma_sampling(student, steps: int, gamma: float):
-    """A CTM student (components.diffusion.CTMDenoiser) with gamma-sampling at `steps` steps."""
-    from components.diffusion.noise_schedule import student_sigmas
-
-    s = copy.copy(student)        # shares the weights; only the recipe differs
-    sigmas = student_sigmas(steps, student.sigma_min, student.sigma_max)
-    s.sampling = {"sampler": "gamma", "sigmas": [round(float(v), 6) for v in sigmas], "gamma": float(gamma)}
-    return s
-
-
-def gamma_sweep(student, extractor, feature_net: FeatureNet, data: ImageDataset, refs: References, cfg: EvalConfig,
-                progress: bool = True, steps=CTM_STEPS, gammas=CTM_GAMMAS) -> list[dict]:
-    """FID of one CTM student at each step count and gamma (same samples count, seed and reference as every
-    FID of the run): [{'model': 'student gamma=g', 'nfe', 'fid', 'class_acc', 'steps', 'gamma'}]. One step is
-    the same for every gamma (a jump to 0): scored once, drawn on each gamma's curve."""
+def sampling_sweep(student, extractor, feature_net: FeatureNet, data: ImageDataset, refs: References,
+                   cfg: EvalConfig, progress: bool = True) -> list[dict]:
+    """FID of one student at each point of the grid its class declares (`sampling_sweep`, e.g.
+    CTMDenoiser's steps x gamma), each sampled with `student.with_sampling(steps, gamma)` and the same sample
+    count, seed and reference as every FID of the run:
+    [{'model': 'student gamma=g', 'nfe', 'fid', 'class_acc', 'steps', 'gamma'}]. One step is the same for
+    every gamma (a jump to 0): scored once, drawn on each gamma's curve."""
+    grid = student.sampling_sweep
     points, one = [], None
-    for gamma in gammas:
-        for n in steps:
+    for gamma in grid["gamma"]:
+        for n in grid["steps"]:
             if n == 1 and one is not None:
                 m = one
             else:
-                m, _, _ = evaluate_generator(with_gamma_sampling(student, n, gamma), f"student-{n}-{gamma}", extractor,
+                m, _, _ = evaluate_generator(student.with_sampling(n, gamma), f"student-{n}-{gamma}", extractor,
                                              feature_net, data, refs, cfg, progress)
                 one = m if n == 1 else one
             points.append({"model": f"student gamma={gamma:g}", "nfe": m["nfe"], "fid": m["fid"],
                            "class_acc": m["class_acc"], "steps": n, "gamma": gamma})
+    return points
+
+
+def guidance_sweep(model, name: str, ws, extractor, feature_net: FeatureNet, data: ImageDataset, refs: References,
+                   cfg: EvalConfig, progress: bool = True) -> list[dict]:
+    """FID and class accuracy of one model at each guidance strength w (CFG scale 1 + w: two network
+    evaluations per step for a teacher, one for a guided student), each with the run's sample count, seed
+    and reference: [{'model': name, 'w', 'nfe', 'fid', 'class_acc'}]."""
+    points = []
+    for w in ws:
+        m, _, _ = evaluate_generator(model, f"{name}-w{w:g}", extractor, feature_net, data, refs, cfg, progress,
+                                     guidance_scale=1.0 + float(w))
+        points.append({"model": name, "w": float(w), "nfe": m["nfe"], "fid": m["fid"], "class_acc": m["class_acc"]})
     return points
 
 

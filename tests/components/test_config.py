@@ -71,8 +71,13 @@ def test_section_must_be_a_mapping():
 
 
 def test_unknown_method_lists_valid_names(digits_npz):
-    with pytest.raises(ConfigError, match=r"distill\.method.*'nope'.*valid: ctm, dmd2"):
+    with pytest.raises(ConfigError, match=r"distill\.method.*'nope'.*valid: ctm, dmd2, guided, progressive"):
         resolve_config(data={"path": digits_npz}, distill={"method": "nope"})
+
+
+def test_a_method_the_pipelines_do_not_run_yet_is_refused_before_any_step(digits_npz):
+    with pytest.raises(ConfigError, match=r"distill\.method.*'guided' is not wired into the pipelines yet"):
+        resolve_config(data={"path": digits_npz}, distill={"method": "guided"})
 
 
 def test_unknown_format_lists_valid_names():

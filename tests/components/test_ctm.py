@@ -183,11 +183,10 @@ def test_export_runs_in_stock_diffusers_for_one_step_and_gamma_one(student, tmp_
 
     from components.diffusion.generate import generate
     from components.export import export_student
-    from components.metrics.evaluate import with_gamma_sampling
 
     labels = [0, 3, 5, 9]
     for steps, kw, tol in ((1, {"num_inference_steps": 1}, 1e-4), (4, {"timesteps": [750, 500, 250, 0], "num_inference_steps": None}, 1e-3)):
-        s = with_gamma_sampling(student, steps, 1.0)
+        s = student.with_sampling(steps, 1.0)
         folder = export_student(s, tmp_path / f"ctm{steps}", {"method": "ctm"}, onnx=False)
         assert (folder / "s_embedding.safetensors").is_file()
         assert "gamma" in (folder / "README.md").read_text() and "[750, 500, 250, 0]" in (folder / "README.md").read_text()

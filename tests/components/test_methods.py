@@ -13,7 +13,21 @@ from components.methods.dmd2 import (critic_gan_loss, distribution_matching_loss
 BASE = dict(lr_gen=2e-4, lr_fake=2e-4, w_gen=3e-3, w_D=1e-2, gan_max_step_percent=1.0)
 SHARED = dict(iterations=8, batch_size=16, seed=0, log_every=4, checkpoint_every=0, fid_every=0)
 TINY = dict(**SHARED, **BASE)
-CONTRACT = {"dmd2": TINY, "ctm": SHARED}       # each method's tiny config for the contract tests
+CONTRACT = {"dmd2": TINY, "ctm": SHARED, "guided": SHARED, "progressive": SHARED}  # each method's tiny config
+
+
+def _teacher(name, tiny_teacher):
+    """The teacher a method distils: progressive halves a guided student (sampled with DDIM), the others
+    distil the EDM teacher."""
+    if name != "progressive":
+        return tiny_teacher
+    from components.diffusion import GuidedDenoiser, karras_sigmas
+
+    with torch.random.fork_rng(devices=[]):          # the w embedding's random first layer: the same every call
+        torch.manual_seed(0)
+        S = GuidedDenoiser.from_teacher(tiny_teacher)
+    S.sampling = {"sampler": "ddim", "sigmas": karras_sigmas(4, S.sigma_min, S.sigma_max).tolist()}
+    return S
 
 
 def _params(module):
@@ -22,15 +36,16 @@ def _params(module):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_contract(name, tiny_teacher, digits):
-    method = build_method(tiny_teacher, {"method": name, **CONTRACT[name]}, digits)
+    teacher = _teacher(name, tiny_teacher)
+    method = build_method(teacher, {"method": name, **CONTRACT[name]}, digits)
     history = distill(method, progress=False)
     assert history and history[-1]["iteration"] == TINY["iterations"]
     assert all(math.isfinite(v) for h in history for v in h.values())
     student = method.student()
-    assert student.sampling["sampler"] in ("fewstep", "heun", "gamma")
+    assert student.sampling["sampler"] in ("fewstep", "heun", "gamma", "ddim")
     assert not any(p.requires_grad for p in student.parameters())
     # the student moved away from the teacher
-    assert not torch.allclose(_params(student.unet), _params(tiny_teacher.unet))
+    assert not torch.allclose(_params(student.unet), _params(teacher.unet))
     state = method.state_dict()
     assert isinstance(state, dict) and "step" in state and state["step"] == TINY["iterations"]
 
@@ -39,11 +54,11 @@ def test_method_contract(name, tiny_teacher, digits):
 def test_method_is_seed_deterministic(name, tiny_teacher, digits):
     runs = []
     for _ in range(2):
-        m = build_method(tiny_teacher, {"method": name, **CONTRACT[name]}, digits)
+        m = build_method(_teacher(name, tiny_teacher), {"method": name, **CONTRACT[name]}, digits)
         distill(m, progress=False)
         runs.append(_params(m.student()))
     assert torch.equal(runs[0], runs[1])
-    m = build_method(tiny_teacher, {"method": name, **{**CONTRACT[name], "seed": 1}}, digits)
+    m = build_method(_teacher(name, tiny_teacher), {"method": name, **{**CONTRACT[name], "seed": 1}}, digits)
     distill(m, progress=False)
     assert not torch.equal(runs[0], _params(m.student()))
 

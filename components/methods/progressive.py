@@ -1,0 +1,105 @@
+"""Progressive distillation (Salimans & Ho 2022, arXiv 2202.00512), stage 2 of guided distillation
+(Meng et al. 2022; ../shared/PAPERS.md): ONE halving N -> N/2 of a w-conditioned DDIM student.
+
+The teacher is the previous student x_eta (GuidedDenoiser, sampled with DDIM on N steps t_0 > ... > t_N = 0;
+the first teacher is the guided stage's student). The new student starts as a copy of it and learns to
+do in one DDIM step t -> t'' what the teacher does in two, t -> t' -> t'' (t = t_{2i}, t' = t_{2i+1},
+t'' = t_{2i+2}, i ~ U{0 .. N/2 - 1}):
+
+    z_t = x + t eps;   z_t'  = DDIM(z_t,  x_eta(z_t,  t,  w), t  -> t');
+                       z_t'' = DDIM(z_t', x_eta(z_t', t', w), t' -> t'');
+    x~ = (z_t'' - (t''/t) z_t) / (1 - t''/t)       (the x~ whose one DDIM step t -> t'' lands on z_t'')
+    L(eta') = E [ max(SNR(t), 1) || x_eta'(z_t, t, w) - x~ ||^2 ],   SNR(t) = sigma_data^2 / t^2,
+
+with DDIM(z, x0, t -> s) = x0 + (s/t)(z - x0), the Euler step of the probability-flow ODE on this EDM
+(VE) schedule (components/diffusion/samplers.py: ddim_step, ddim_target). w stays an input: every
+halving's student takes it. The student's levels are every other level of its teacher's, so a chain
+N -> N/2 -> ... keeps the guided stage's Karras grid. `halving_plan` is the chain's bookkeeping; each
+halving is one distill run (one artifact per halving in the pipeline).
+
+Not checked against an official implementation (google-research/progressive_distillation is not
+stored here); this follows the paper's Algorithm 2 and PAPERS.md.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from components.config import ConfigError
+from components.data import ImageDataset
+from components.diffusion import GuidedDenoiser
+from components.diffusion.denoiser import Denoiser
+from components.diffusion.samplers import ddim_step, ddim_target
+from components.methods.guided import GuidedDistillation, WStudentConfig
+
+
+class ProgressiveConfig(WStudentConfig):
+    method: Literal["progressive"] = "progressive"
+    target_steps: int = Field(4, ge=1)       # the chain ends at this many steps (halving_plan); one run halves once
+
+
+def halving_plan(start_steps: int, target_steps: int) -> list[int]:
+    """The student step counts of a chain from `start_steps` (the guided student's N) down to
+    `target_steps`: 16 -> 4 gives [8, 4]. N / target must be a power of 2 and target >= 1."""
+    if target_steps < 1:
+        raise ConfigError(f"config field 'distill.target_steps': {target_steps} is below 1 step")
+    if target_steps >= start_steps:
+        raise ConfigError(f"config field 'distill.target_steps': {target_steps} leaves nothing to halve from "
+                          f"{start_steps} steps (expected fewer)")
+    ratio = start_steps // target_steps
+    if start_steps % target_steps or ratio & (ratio - 1):
+        raise ConfigError(f"config field 'distill.target_steps': {start_steps} steps cannot be halved to "
+                          f"{target_steps} (start / target must be a power of 2)")
+    plan, n = [], start_steps
+    while n > target_steps:
+        n //= 2
+        plan.append(n)
+    return plan
+
+
+def teacher_sigmas(teacher: Denoiser) -> list[float]:
+    """The DDIM levels t_0 > ... > t_N = 0 of a progressive teacher; N must be even (one-line error else)."""
+    recipe = getattr(teacher, "sampling", {}) or {}
+    if not isinstance(teacher, GuidedDenoiser) or recipe.get("sampler") != "ddim":
+        raise ConfigError("distill.method progressive: the teacher must be a guided student sampled with DDIM "
+                          f"(kind 'guided', sampler 'ddim'); got kind {getattr(teacher, 'kind', '?')!r} with sampler "
+                          f"{recipe.get('sampler')!r} - run distill.method guided first")
+    sigmas = [float(v) for v in recipe["sigmas"]]
+    N = len(sigmas) - 1
+    if N < 2 or N % 2:
+        raise ConfigError(f"distill.method progressive: the teacher samples in {N} DDIM step(s), which cannot be "
+                          "halved (expected an even count >= 2: distill.sampling_steps of the guided stage)")
+    return sigmas
+
+
+class Progressive(GuidedDistillation):
+    Config = ProgressiveConfig
+
+    def __init__(self, teacher: Denoiser, cfg: ProgressiveConfig, data: ImageDataset, pairs=None):
+        self.levels = torch.tensor(teacher_sigmas(teacher), dtype=torch.float32)      # t_0 .. t_N
+        super().__init__(teacher, cfg, data, pairs)
+        self.levels = self.levels.to(self.device)
+
+    def _init_student(self, teacher: Denoiser) -> GuidedDenoiser:
+        return copy.deepcopy(teacher)                                  # eta' starts as eta
+
+    def target(self, x: torch.Tensor, c: torch.Tensor, z: torch.Tensor, w: torch.Tensor):
+        N = len(self.levels) - 1
+        i = self.world.shard(torch.randint(0, N // 2, (self.world.global_size(len(x)),), generator=self.rng))
+        i = i.to(self.device)
+        t, t1, t2 = self.levels[2 * i], self.levels[2 * i + 1], self.levels[2 * i + 2]
+        z_t = x + t.view(-1, 1, 1, 1) * z
+        with torch.no_grad():
+            z_t1 = ddim_step(z_t, self.teacher.with_w(z_t, t, c, w), t, t1)
+            z_t2 = ddim_step(z_t1, self.teacher.with_w(z_t1, t1, c, w), t1, t2)
+        return z_t, t, ddim_target(z_t, z_t2, t, t2)
+
+    def sampling(self, S: GuidedDenoiser) -> dict:
+        """Every other level of the teacher's: N/2 DDIM steps on the same grid."""
+        return {"sampler": "ddim", "sigmas": [round(float(v), 6) for v in self.levels[::2].tolist()]}
+
+
+__all__ = ["Progressive", "ProgressiveConfig", "halving_plan", "teacher_sigmas"]
