@@ -512,7 +512,7 @@ def pictures(result: dict, folder: Path) -> None:
     training seeds)."""
     from components.viz import fid_over_training, fid_vs_nfe
 
-    name = result["dataset"]
+    dataset = result["dataset"]
     points = [{"model": "teacher", "nfe": t["nfe"], "fid": t["fid"]} for t in result["teacher"]]
     for r in result["rows"]:          # a sweep's rows: one line per gamma (its 1-step row on each)
         if "sampling" not in r:
@@ -524,20 +524,21 @@ def pictures(result: dict, folder: Path) -> None:
                     "fid_std": r["fid_std_train"]} for g in gammas or [0.0]]
     t_default = next(t for t in result["teacher"] if t["default"])
     files = result["pictures"]
-    fid_vs_nfe(points, f"{name}: FID vs NFE").save(folder / files["fid_vs_nfe"])
+    fid_vs_nfe(points, f"{dataset}: FID vs NFE").save(folder / files["fid_vs_nfe"])
     curves = {}
     drawn = set()
     for r in result["rows"]:              # one series per seed count: a tail from fewer seeds is labelled so
-        if r.get("train_as") in drawn:    # a sweep's rows share one training and one curve (its default recipe)
-            continue
-        drawn.add(r.get("train_as"))
+        if "train_as" in r:               # a sweep's rows share one training and one curve (its default recipe)
+            if r["train_as"] in drawn:
+                continue
+            drawn.add(r["train_as"])
         name = f"{r['train_as']} (training)" if "train_as" in r else r["name"]
         for c in r["curve"]:
             n = c.get("seeds", len(r["train_seeds"]))
             label = name if n == len(r["train_seeds"]) else f"{name} ({n} of {len(r['train_seeds'])} seeds)"
             curves.setdefault(label, []).append((c["iteration"], c["fid"], c["fid_std"]))
     fid_over_training(curves, t_default["fid"], result["protocol"]["real_floor_fid"],
-                      f"{name}: FID during distillation").save(folder / files["convergence"])
+                      f"{dataset}: FID during distillation").save(folder / files["convergence"])
 
 
 def page(results: list[dict], folder: Path, page_path: Path) -> str:

@@ -191,6 +191,32 @@ def test_a_seed_that_ran_shorter_is_counted_in_the_curve(board, capsys):
     assert [i for i, *_ in drawn["one step (1 of 2 seeds)"]] == [6, 8]
 
 
+def test_the_convergence_picture_draws_every_row_and_one_curve_per_sweep(tmp_path):
+    """Plain rows each get a curve; the rows of one sweep share one (its training); titles name the dataset."""
+    import components.viz as viz
+
+    def row(name, **extra):
+        return {"name": name, "nfe": 1, "fid": 5.0, "fid_std_train": 0.1, "train_seeds": [0],
+                "curve": [{"iteration": 2, "fid": 6.0, "fid_std": 0.0, "seeds": 1}], **extra}
+
+    sweep = dict(train_as="ctm")
+    result = {"dataset": "tiny", "pictures": {"fid_vs_nfe": "a.png", "convergence": "b.png"},
+              "teacher": [{"nfe": 5, "fid": 4.0, "default": True}], "protocol": {"real_floor_fid": 1.0},
+              "rows": [row("one step"), row("two steps"), row("ctm 1-step", sampling={"steps": 1, "gamma": 0.0}, **sweep),
+                       row("ctm 2-step, gamma 1", sampling={"steps": 2, "gamma": 1.0}, **sweep)]}
+    drawn, titles = {}, []
+    real_conv, real_nfe = viz.fid_over_training, viz.fid_vs_nfe
+    try:
+        viz.fid_over_training = lambda curves, t, f, title: drawn.update(curves) or titles.append(title) or \
+            real_conv(curves, t, f, title)
+        viz.fid_vs_nfe = lambda points, title: titles.append(title) or real_nfe(points, title)
+        lb.pictures(result, tmp_path)
+    finally:
+        viz.fid_over_training, viz.fid_vs_nfe = real_conv, real_nfe
+    assert sorted(drawn) == ["ctm (training)", "one step", "two steps"]
+    assert titles == ["tiny: FID vs NFE", "tiny: FID during distillation"]
+
+
 def test_write_docs_keeps_the_rows_it_did_not_run(board):
     """--write-docs with --rows measures those rows and keeps the dataset's other rows from its JSON (same
     protocol), in the spec's order; the table says how many training seeds each row has."""
