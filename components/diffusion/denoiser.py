@@ -90,6 +90,16 @@ class EDMDenoiser(Denoiser):
         c_noise = 250.0 * torch.log(sigma + 1e-44)
         return c_skip, c_out, c_in, c_noise
 
+    @classmethod
+    def from_teacher(cls, teacher: "EDMDenoiser"):
+        """A new student of this class (CTMDenoiser, GuidedDenoiser: its kind is the distill.method) on a copy
+        of an EDM teacher's UNet and sigma range."""
+        if type(teacher) is not EDMDenoiser:
+            raise ConfigError(f"distill.method {cls.kind}: the teacher must be an EDM-preconditioned denoiser (kind "
+                              f"'edm'), got kind {getattr(teacher, 'kind', type(teacher).__name__)!r}")
+        return cls(copy.deepcopy(teacher.unet), teacher.num_classes, teacher.sigma_min, teacher.sigma_max,
+                   teacher.sigma_data)
+
     def unet_inputs(self, x, sigma):
         _, _, c_in, c_noise = self.preconditioning(sigma)
         return c_in.view(-1, 1, 1, 1) * x, c_noise
@@ -163,14 +173,6 @@ class CTMDenoiser(EDMDenoiser):
         s.sampling = self.gamma_recipe(steps, gamma)
         return s
 
-    @classmethod
-    def from_teacher(cls, teacher: EDMDenoiser) -> "CTMDenoiser":
-        if not isinstance(teacher, EDMDenoiser) or isinstance(teacher, CTMDenoiser):
-            raise ConfigError("distill.method ctm: the teacher must be an EDM-preconditioned denoiser (kind 'edm'), "
-                              f"got kind {getattr(teacher, 'kind', type(teacher).__name__)!r}")
-        return cls(copy.deepcopy(teacher.unet), teacher.num_classes, teacher.sigma_min, teacher.sigma_max,
-                   teacher.sigma_data)
-
     def s_embedding(self, s: torch.Tensor) -> torch.Tensor:
         """e(s) - e(0) per sample (exactly 0 where s <= sigma_min)."""
         s_noise = 250.0 * torch.log(s.clamp(min=self.sigma_min))
@@ -215,14 +217,6 @@ class GuidedDenoiser(EDMDenoiser):
         emb = unet.time_embedding
         self.w_embed = ScalarEmbedding(unet.config.block_out_channels[0], emb.linear_2.out_features)
         emb.register_forward_hook(_add_extra_embedding)
-
-    @classmethod
-    def from_teacher(cls, teacher: EDMDenoiser) -> "GuidedDenoiser":
-        if type(teacher) is not EDMDenoiser:
-            raise ConfigError("distill.method guided: the teacher must be an EDM-preconditioned denoiser (kind "
-                              f"'edm'), got kind {getattr(teacher, 'kind', type(teacher).__name__)!r}")
-        return cls(copy.deepcopy(teacher.unet), teacher.num_classes, teacher.sigma_min, teacher.sigma_max,
-                   teacher.sigma_data)
 
     def with_w(self, x: torch.Tensor, sigma, class_labels: torch.Tensor, w) -> torch.Tensor:
         """x_eta(z_t, t, w): the student's guided prediction of the clean image, w a float or one per sample."""
