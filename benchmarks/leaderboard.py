@@ -136,6 +136,9 @@ def expand_sweeps(rows: list, path: str) -> list:
             out.append(row)
             continue
         sweep = row["sweep"]
+        if isinstance(sweep, dict) and "w" in sweep:
+            out += expand_guidance_sweep(row, path)
+            continue
         steps, gammas = (sweep.get("steps"), sweep.get("gamma")) if isinstance(sweep, dict) else (None, None)
         if not (isinstance(steps, list) and steps and all(isinstance(n, int) and n >= 1 for n in steps)
                 and isinstance(gammas, list) and gammas and all(isinstance(g, (int, float)) and 0 <= g <= 1
@@ -148,6 +151,36 @@ def expand_sweeps(rows: list, path: str) -> list:
                 name = f"{row['name']} 1-step" if n == 1 else f"{row['name']} {n}-step, gamma {g:g}"
                 out.append({**base, "name": name, "train_as": row["name"], "sampling": {"steps": n, "gamma": g}})
     return out
+
+
+def expand_guidance_sweep(row: dict, path: str) -> list[dict]:
+    """A guided chain's row (distill.method guided with target_steps; `sweep: {w: [...], steps: [...]}`) -> one row
+    per scored stage of the chain (its step count n: the guided stage's sampling_steps, then each halving's;
+    `steps` picks some, default all) and w,
+    "<name> <n>-step, w <w>", sharing one training of the whole chain per seed (`train_as`). The rows at
+    the first w are the main table's; the others appear in the guidance table only (`sweep_only`)."""
+    from components.config import ConfigError
+    from components.methods.guided import halving_plan
+
+    ws, distill = row["sweep"].get("w"), row.get("distill") or {}
+    if not (isinstance(ws, list) and ws and all(isinstance(w, (int, float)) and w >= 0 for w in ws)):
+        raise SpecError(f"leaderboard spec '{path}': row {row.get('name')!r}: sweep w needs a list of numbers >= 0")
+    if distill.get("method") != "guided" or not isinstance(distill.get("target_steps"), int):
+        raise SpecError(f"leaderboard spec '{path}': row {row.get('name')!r}: a sweep over w needs distill.method "
+                        "guided with distill.target_steps (the chain)")
+    start = int(distill.get("sampling_steps", 16))
+    try:
+        stages = [start, *halving_plan(start, distill["target_steps"])]
+    except ConfigError as exc:
+        raise SpecError(f"leaderboard spec '{path}': row {row.get('name')!r}: {exc}") from None
+    scored = row["sweep"].get("steps", stages)            # which stages are scored (default: every one)
+    if not (isinstance(scored, list) and scored and set(scored) <= set(stages)):
+        raise SpecError(f"leaderboard spec '{path}': row {row.get('name')!r}: sweep steps {scored!r} must be step "
+                        f"counts of the chain {stages}")
+    base = {k: v for k, v in row.items() if k != "sweep"}
+    return [{**base, "name": f"{row['name']} {n}-step, w {w:g}", "train_as": row["name"],
+             "sampling": {"steps": n, "w": float(w)}, **({"sweep_only": True} if i else {})}
+            for n in sorted(scored, reverse=True) for i, w in enumerate(ws)]
 
 
 def pick_names(text: str, known: list[str]) -> tuple[list[str], list[str]]:
@@ -261,15 +294,15 @@ class Context:
                 "torch_threads": self.threads, "image_shape": list(self.data.shape),
                 "train_images": int((~self.data.is_eval).sum()), "eval_images": int(self.data.is_eval.sum())}
 
-    def evaluate(self, model, who: str) -> dict:
+    def evaluate(self, model, who: str, guidance_scale: float = 1.0) -> dict:
         """FID (mean, std over the sampling seeds), excess FID, class accuracy, NFE, p50 latency at batch 1,
-        throughput, parameters."""
+        throughput, parameters; sampled with CFG at `guidance_scale` (1 + w)."""
         from components.diffusion.generate import generate
         from components.metrics.evaluate import latency_p50, score_samples
 
         fids, accs, seconds = [], [], 0.0
         for seed in self.sample_seeds:
-            gen = generate(model, self.labels, seed, self.cfg.evaluation.batch_size)
+            gen = generate(model, self.labels, seed, self.cfg.evaluation.batch_size, guidance_scale=guidance_scale)
             m, _ = score_samples(gen, who, self.extractor, self.fnet, self.refs)
             fids.append(m["fid"])
             accs.append(m["class_acc"])
@@ -277,7 +310,8 @@ class Context:
         fid = statistics.fmean(fids)
         return {"fid": fid, "fid_per_sample_seed": fids, "fid_std_sample": statistics.pstdev(fids),
                 "excess_fid": fid - self.floor["fid"], "class_acc": statistics.fmean(accs), "nfe": gen.nfe,
-                "latency_p50_ms": 1000 * latency_p50(model, self.data.num_classes, self.cfg.evaluation.latency_repeats),
+                "latency_p50_ms": 1000 * latency_p50(model, self.data.num_classes, self.cfg.evaluation.latency_repeats,
+                                                     guidance_scale=guidance_scale),
                 "throughput": len(self.sample_seeds) * self.n / seconds,
                 "parameters": sum(p.numel() for p in model.parameters())}
 
@@ -290,7 +324,9 @@ def teacher_rows(ctx: Context) -> list[dict]:
     and protocol in the artifacts folder."""
     from components.metrics.evaluate import with_heun_steps
 
-    key = _key(ctx.paths["feature_net"].name, ctx.protocol(), ctx.cfg.evaluation.model_dump(mode="json"))
+    # guidance_w (the w sweep of guided rows) does not change these rows: not in the key
+    evaluation = ctx.cfg.evaluation.model_dump(mode="json", exclude={"guidance_w"})
+    key = _key(ctx.paths["feature_net"].name, ctx.protocol(), evaluation)
     cache = ctx.paths["teacher"].parent / f"{ctx.paths['teacher'].name}-eval-{key}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
@@ -301,6 +337,26 @@ def teacher_rows(ctx: Context) -> list[dict]:
         label = f"teacher (Heun, {steps} steps{', default' if steps == default_steps else ''})"
         print(f"{ctx.name}: {label}", file=sys.stderr)
         rows.append({"name": label, "kind": "teacher", "default": steps == default_steps, **ctx.evaluate(model, label)})
+    from components.atomic import write_json
+
+    write_json(cache, rows)
+    return rows
+
+
+def teacher_guidance_rows(ctx: Context, ws: list[float]) -> list[dict]:
+    """The teacher with classifier-free guidance at each w (scale 1 + w: two network evaluations per step where
+    w > 0) at its default sampler - the reference of a guided chain's rows at the same w; cached like
+    teacher_rows."""
+    evaluation = ctx.cfg.evaluation.model_dump(mode="json", exclude={"guidance_w"})
+    key = _key(ctx.paths["feature_net"].name, ctx.protocol(), evaluation, ws)
+    cache = ctx.paths["teacher"].parent / f"{ctx.paths['teacher'].name}-guidance-{key}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    rows = []
+    for w in ws:
+        label = f"teacher (CFG, w {w:g})"
+        print(f"{ctx.name}: {label}", file=sys.stderr)
+        rows.append({"name": label, "kind": "teacher", "w": w, **ctx.evaluate(ctx.teacher, label, 1.0 + w)})
     from components.atomic import write_json
 
     write_json(cache, rows)
@@ -345,17 +401,63 @@ def distill_one(ctx: Context, row: dict, seed: int, long: float) -> tuple[object
     return kept["student"], curve, kept["seconds"]
 
 
+def distill_chain(ctx: Context, row: dict, seed: int, long: float) -> tuple[dict, list, float]:
+    """A guided chain (distill.method guided with target_steps; components/methods/progressive.py) for one
+    training seed -> ({step count: that stage's student}, [], seconds of the whole chain). --long does not
+    apply (no convergence curve for a chain)."""
+    from components.methods import build_method, distill, parse_distill_config
+    from components.methods.progressive import halvings, stage_one
+
+    cfg = parse_distill_config({**row_distill(ctx.cfg, row), "seed": seed, "checkpoint_every": 0, "resume": "never",
+                                "fid_every": 0})
+    t0 = time.perf_counter()
+    method = build_method(ctx.teacher, stage_one(cfg), ctx.data)
+    distill(method, progress=True)
+    students = {cfg.sampling_steps: method.student()}
+    for steps, halving in halvings(cfg):
+        method = build_method(students[2 * steps], halving, ctx.data)
+        distill(method, progress=True)
+        students[steps] = method.student()
+    return students, [], time.perf_counter() - t0
+
+
+def save_trained(student, folder: Path) -> None:
+    """A sweep's trained student (a guided chain: {steps: student}, one subfolder each) into `folder`, replaced."""
+    import shutil
+
+    from components.diffusion import save_denoiser
+
+    shutil.rmtree(folder, ignore_errors=True)
+    if isinstance(student, dict):
+        for steps, s in student.items():
+            save_denoiser(s, folder / str(steps))
+    else:
+        save_denoiser(student, folder)
+
+
+def load_trained(folder: Path):
+    """What save_trained wrote: a student, or {steps: student} of a guided chain."""
+    from components.diffusion import load_denoiser
+
+    if (folder / "unet").is_dir():
+        return load_denoiser(folder, what="cached student")
+    return {int(p.name): load_denoiser(p, what="cached student") for p in folder.iterdir() if p.name.isdigit()}
+
+
 OPERATIONAL = ("device", "log_every", "checkpoint_every", "checkpoint_dir", "resume")  # how, not what: not compared
 
 
 def sampled(student, row: dict):
-    """The student with the row's `sampling` (a sweep row: gamma-sampling at its steps), else as trained."""
+    """(the model to score, its CFG scale) for the row's `sampling`: a CTM sweep row's gamma-sampling at its steps,
+    a guided chain's stage student at guidance w (scale 1 + w), else the student as trained."""
     if "sampling" not in row:
-        return student
+        return student, 1.0
+    if "w" in row["sampling"]:                       # a guided chain: {steps: student of that stage}
+        return student[int(row["sampling"]["steps"])], 1.0 + float(row["sampling"]["w"])
     if not hasattr(student, "with_sampling"):
         raise SpecError(f"leaderboard row {row['name']!r}: a sweep needs a student with step x gamma sampling "
                         f"(distill.method ctm), got a {type(student).__name__}")
-    return student.with_sampling(int(row["sampling"]["steps"]), float(row["sampling"]["gamma"]))
+    return student.with_sampling(int(row["sampling"]["steps"]), float(row["sampling"]["gamma"])), 1.0
 
 
 def _adopt_named_entry(path: Path, named_key: str) -> None:
@@ -379,7 +481,6 @@ def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) ->
     Rows of one sweep (`train_as`) share the training: the entry saves the student, and each row's figures
     are added to it (`results`) as that row is first scored."""
     from components.atomic import write_json
-    from components.diffusion import load_denoiser, save_denoiser
 
     distill_cfg = {k: v for k, v in row_distill(ctx.cfg, row).items() if k not in OPERATIONAL}
     distill_cfg["seed"] = seed
@@ -392,7 +493,7 @@ def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) ->
     if path.is_file() and not fresh:
         entry = json.loads(path.read_text())
         same = all(entry["distill"][k] == v for k, v in distill_cfg.items() if k in entry["distill"])
-        if same and entry["end"] >= end:
+        if same and (entry["end"] >= end or entry.get("chain")):      # a chain has no --long curve
             results = entry.get("results", {})
             if "train_as" not in row or row["name"] in results:
                 print(f"{ctx.name}: {row['name']}, training seed {seed}: cached ({path.name})", file=sys.stderr)
@@ -400,21 +501,20 @@ def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) ->
             if folder.is_dir():                          # this sweep's student, scored for this row now
                 print(f"{ctx.name}: {row['name']}, training seed {seed}: cached student ({folder.name})",
                       file=sys.stderr)
-                student = load_denoiser(folder, what="cached student")
-                results[row["name"]] = {**entry["result"], **ctx.evaluate(sampled(student, row), row["name"]),
+                model, scale = sampled(load_trained(folder), row)
+                results[row["name"]] = {**entry["result"], **ctx.evaluate(model, row["name"], scale),
                                         "commit": ctx.commit}
                 write_json(path, {**entry, "results": results})
                 return results[row["name"]], [tuple(c) for c in entry["curve"]]
     print(f"{ctx.name}: {row['name']}, training seed {seed}", file=sys.stderr)
-    student, curve, seconds = distill_one(ctx, row, seed, long)
-    result = {"seed": seed, "distill_seconds": seconds, **ctx.evaluate(sampled(student, row), row["name"]),
+    chain = distill_cfg.get("method") == "guided" and distill_cfg.get("target_steps") is not None
+    student, curve, seconds = (distill_chain if chain else distill_one)(ctx, row, seed, long)
+    model, scale = sampled(student, row)
+    result = {"seed": seed, "distill_seconds": seconds, **ctx.evaluate(model, row["name"], scale),
               "commit": ctx.commit}
-    entry = {"distill": distill_cfg, "end": end, "curve": curve, "result": result}
+    entry = {"distill": distill_cfg, "end": end, "curve": curve, "result": result, **({"chain": True} if chain else {})}
     if "train_as" in row:
-        import shutil
-
-        shutil.rmtree(folder, ignore_errors=True)
-        save_denoiser(student, folder)
+        save_trained(student, folder)
         entry["results"] = {row["name"]: result}
     write_json(path, entry)
     return result, curve
@@ -436,7 +536,7 @@ def student_row(ctx: Context, row: dict, seeds: list[int], long: float, teacher:
     excess = statistics.fmean(fids) - ctx.floor["fid"]
     from components.metrics.summary import excess_fid_ratio
 
-    sweep = {k: row[k] for k in ("train_as", "sampling") if k in row}     # a sweep row: its training, its recipe
+    sweep = {k: row[k] for k in ("train_as", "sampling", "sweep_only") if k in row}   # a sweep row: training, recipe
     return {"name": row["name"], "kind": "student", "distill": row.get("distill") or {}, "train_seeds": seeds, **sweep,
             "fid": statistics.fmean(fids), "fid_std_train": statistics.pstdev(fids),
             "fid_std_sample": mean("fid_std_sample"),
@@ -467,6 +567,8 @@ def run_dataset(name: str, spec: dict, args, prov: dict) -> dict:
     paths = shared_artifacts(cfg, Path(args.cache), need_pairs)
     ctx = Context(name, config, cfg, paths, spec["sample_seeds"])
     teacher = teacher_rows(ctx)
+    ws = sorted({r["sampling"]["w"] for r in spec["rows"] if "w" in r.get("sampling", {})})
+    guidance = teacher_guidance_rows(ctx, ws) if ws else None
     default = next(t for t in teacher if t["default"])
     ctx.commit = prov["commit"]
     rows = []
@@ -474,7 +576,8 @@ def run_dataset(name: str, spec: dict, args, prov: dict) -> dict:
         rows.append(student_row(ctx, row, spec["train_seeds"], args.long, default, args.fresh))
         rows[-1]["measured"] = {"commit": prov["commit"], "finished_utc": utc_now()}
     return {"dataset": name, "config": config, "protocol": ctx.protocol(), "train_seeds": spec["train_seeds"],
-            "teacher": teacher, "rows": rows, "provenance": {**prov, "finished_utc": utc_now()}}
+            "teacher": teacher, **({"teacher_guidance": guidance} if guidance else {}), "rows": rows,
+            "provenance": {**prov, "finished_utc": utc_now()}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -493,6 +596,8 @@ def table(result: dict) -> str:
                      f"{t['excess_fid']:.2f} | {ratio:.2f} | {t['class_acc']:.3f} | {t['latency_p50_ms']:.1f} | "
                      f"{t['throughput']:.0f} | {t['parameters']:,} | - |")
     for r in result["rows"]:
+        if r.get("sweep_only"):                      # a guided chain's rows at other w: the guidance table
+            continue
         lines.append(f"| {r['name']} | {r['nfe']} | {r['fid']:.2f} | {len(r['train_seeds'])} | "
                      f"{r['fid_std_train']:.2f} | {r['fid_std_sample']:.2f} | {r['excess_fid']:.2f} | "
                      f"{r['excess_fid_ratio']:.2f} | "
@@ -515,6 +620,11 @@ def pictures(result: dict, folder: Path) -> None:
     dataset = result["dataset"]
     points = [{"model": "teacher", "nfe": t["nfe"], "fid": t["fid"]} for t in result["teacher"]]
     for r in result["rows"]:          # a sweep's rows: one line per gamma (its 1-step row on each)
+        if "w" in r.get("sampling", {}):             # a guided chain: its rows at the first w, one line
+            if not r.get("sweep_only"):
+                points.append({"model": f"{r['train_as']} (w {r['sampling']['w']:g})", "nfe": r["nfe"],
+                               "fid": r["fid"], "fid_std": r["fid_std_train"]})
+            continue
         if "sampling" not in r:
             points.append({"model": r["name"], "nfe": r["nfe"], "fid": r["fid"], "fid_std": r["fid_std_train"]})
             continue
@@ -539,6 +649,14 @@ def pictures(result: dict, folder: Path) -> None:
             curves.setdefault(label, []).append((c["iteration"], c["fid"], c["fid_std"]))
     fid_over_training(curves, t_default["fid"], result["protocol"]["real_floor_fid"],
                       f"{dataset}: FID during distillation").save(folder / files["convergence"])
+    if files.get("fid_vs_w"):
+        from components.viz import fid_vs_w
+
+        pts = [{"model": "teacher (CFG)", "w": t["w"], "fid": t["fid"], "class_acc": t["class_acc"]}
+               for t in result.get("teacher_guidance", [])]
+        pts += [{"model": f"{r['train_as']} {r['sampling']['steps']}-step", "w": r["sampling"]["w"], "fid": r["fid"],
+                 "class_acc": r["class_acc"]} for r in result["rows"] if "w" in r.get("sampling", {})]
+        fid_vs_w(pts, f"{dataset}: FID and class accuracy vs guidance w").save(folder / files["fid_vs_w"])
 
 
 def page(results: list[dict], folder: Path, page_path: Path) -> str:
@@ -561,6 +679,9 @@ def page(results: list[dict], folder: Path, page_path: Path) -> str:
                   *earlier_rows(r),
                   table(r), "",
                   *sweep_tables(r),
+                  *guidance_tables(r),
+                  *([f"![FID and class accuracy vs w]({rel}/{r['pictures']['fid_vs_w']})"]
+                    if r["pictures"].get("fid_vs_w") else []),
                   f"![FID vs NFE]({rel}/{r['pictures']['fid_vs_nfe']})",
                   f"![FID during distillation]({rel}/{r['pictures']['convergence']})", ""]
     return "\n".join(lines)
@@ -570,7 +691,7 @@ def sweep_tables(result: dict) -> list[str]:
     """Per sweep (a CTM student scored at several step counts and gammas): FID mean +- std over the training
     seeds, steps down, gamma across (1 step is one jump to 0: the same for every gamma)."""
     out = []
-    for name in dict.fromkeys(r["train_as"] for r in result["rows"] if "train_as" in r):
+    for name in dict.fromkeys(r["train_as"] for r in result["rows"] if "gamma" in r.get("sampling", {})):
         rows = [r for r in result["rows"] if r.get("train_as") == name]
         gammas = sorted({r["sampling"]["gamma"] for r in rows if r["sampling"]["steps"] > 1}) or [0.0]
         cell = {(r["sampling"]["steps"], r["sampling"]["gamma"]): r for r in rows}
@@ -585,6 +706,32 @@ def sweep_tables(result: dict) -> list[str]:
                 r = cell.get((n, g)) or (cell.get((n, rows[0]["sampling"]["gamma"])) if n == 1 else None)
                 vals.append(f"{r['fid']:.2f} +- {r['fid_std_train']:.2f}" if r else "-")
             lines.append(f"| {n} | " + " | ".join(vals) + " |")
+        out += lines + [""]
+    return out
+
+
+def guidance_tables(result: dict) -> list[str]:
+    """Per guided chain: FID mean +- std over the training seeds (class accuracy) of each stage's student at each
+    w, the CFG teacher at the same w above them, and each student's FID / the teacher's at that w."""
+    out = []
+    teacher = {t["w"]: t for t in result.get("teacher_guidance", [])}
+    for name in dict.fromkeys(r["train_as"] for r in result["rows"] if "w" in r.get("sampling", {})):
+        rows = [r for r in result["rows"] if r.get("train_as") == name]
+        ws = sorted({r["sampling"]["w"] for r in rows})
+        cell = {(r["sampling"]["steps"], r["sampling"]["w"]): r for r in rows}
+        lines = [f"{name}: FID (class accuracy) by stage and guidance w - one chain per training seed, mean +- std "
+                 f"over {len(rows[0]['train_seeds'])} training seeds; ratio: the student's FID / the CFG teacher's "
+                 f"at the same w. Whole chain: {rows[0]['distill_seconds']:.0f} s of distillation per seed.", "",
+                 "| model (NFE at w > 0) | " + " | ".join(f"w {w:g}" for w in ws) + " |", "|---|" + "---|" * len(ws)]
+        if teacher:
+            nfe = max((teacher[w]["nfe"] for w in ws if w in teacher), default="?")
+            lines.append(f"| teacher, CFG ({nfe}) | " + " | ".join(
+                f"{teacher[w]['fid']:.2f} ({teacher[w]['class_acc']:.3f})" if w in teacher else "-" for w in ws) + " |")
+        for n in sorted({r["sampling"]["steps"] for r in rows}, reverse=True):
+            lines.append(f"| {n}-step student ({n}) | " + " | ".join(
+                f"{c['fid']:.2f} +- {c['fid_std_train']:.2f} ({c['class_acc']:.3f})"
+                + (f", ratio {c['fid'] / teacher[w]['fid']:.2f}" if w in teacher else "")
+                if (c := cell.get((n, w))) else "-" for w in ws) + " |")
         out += lines + [""]
     return out
 
@@ -616,7 +763,9 @@ def merge_previous(result: dict, previous: dict | None, order: list[str]) -> dic
     kept = [{**r, "measured": r.get("measured") or {"commit": old["commit"], "finished_utc": old["finished_utc"]}}
             for r in previous["rows"] if r["name"] not in have and r["name"] in order]
     rows = sorted(result["rows"] + kept, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
-    return {**result, "rows": rows}
+    guidance = result.get("teacher_guidance") or (previous.get("teacher_guidance") if any(
+        "w" in r.get("sampling", {}) for r in kept) else None)          # the reference of kept guided rows
+    return {**result, "rows": rows, **({"teacher_guidance": guidance} if guidance else {})}
 
 
 def write_docs(results: list[dict], folder: Path, page_path: Path, order: list[str] | None = None) -> None:
@@ -630,7 +779,8 @@ def write_docs(results: list[dict], folder: Path, page_path: Path, order: list[s
         path = folder / f"{name}.json"
         r = results[i] = merge_previous(r, json.loads(path.read_text()) if path.is_file() else None,
                                         order or [row["name"] for row in r["rows"]])
-        r["pictures"] = {"fid_vs_nfe": f"{name}-fid-vs-nfe.png", "convergence": f"{name}-convergence.png"}
+        r["pictures"] = {"fid_vs_nfe": f"{name}-fid-vs-nfe.png", "convergence": f"{name}-convergence.png",
+                         **({"fid_vs_w": f"{name}-fid-vs-w.png"} if r.get("teacher_guidance") else {})}
         write_json(folder / f"{r['dataset']}.json", r)
     render(folder, page_path)
 

@@ -105,6 +105,9 @@ class EvalConfig(Section):
     latency_repeats: int = Field(20, ge=1)  # p50 per-image latency over this many batch-1 generations
     agreement_samples: int = Field(500, ge=1)  # student vs teacher on the same noise and labels
     teacher_nfe_steps: tuple[int, ...] = (2, 4, 8)  # extra teacher Heun step counts for the FID-vs-NFE curve
+    # a guided chain (guided_pipeline): FID and class accuracy at each guidance strength w (CFG scale 1 + w) of the
+    # CFG teacher (2 NFE per step) and of each student of the chain (1 NFE per step)
+    guidance_w: tuple[float, ...] = Field((0.0, 0.5, 1.0, 2.0), min_length=1)
 
     def extractor(self) -> ExtractorConfig:
         """The keys of this section that change the FID features."""

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from components.atomic import atomic_dir
 from components.config import ConfigError
-from components.diffusion.denoiser import DENOISER_FILE, S_EMBEDDING_FILE, CTMDenoiser, EDMDenoiser
-from components.onnx_export import export_onnx
+from components.diffusion.denoiser import DENOISER_FILE, S_EMBEDDING_FILE, CTMDenoiser, EDMDenoiser, GuidedDenoiser
+from components.onnx_export import export_guided_onnx, export_onnx
 
 
 def check_export_target(target: str | os.PathLike, overwrite: bool) -> Path:
@@ -152,6 +152,8 @@ def export_student(student: EDMDenoiser, target: str | os.PathLike, card: dict |
     model card and model_index's README) replays them; clip_denoised=False as in the project's sampler."""
     from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline
 
+    if isinstance(student, GuidedDenoiser):
+        return export_guided(student, target, card, overwrite, onnx)
     if not isinstance(student, EDMDenoiser):
         raise ConfigError(f"export: a {student.kind!r} student cannot be written as a ConsistencyModelPipeline "
                           "(expected EDM preconditioning)")
@@ -177,6 +179,90 @@ def export_student(student: EDMDenoiser, target: str | os.PathLike, card: dict |
                                                    "sampling": student.sampling,
                                                    "sigma_range": (student.sigma_min, sigmas[0])}))
     return target
+
+
+def export_guided(student: GuidedDenoiser, target: str | os.PathLike, card: dict | None = None,
+                  overwrite: bool = False, onnx: bool = True) -> Path:
+    """A guided (w-conditioned) student: fewstep's denoiser folder (unet/ + scheduler/ + denoiser.json with its DDIM
+    recipe + w_embedding.safetensors) and, with `onnx`, onnx/denoiser.onnx = x_eta(z_t, t, w) with w an input.
+    No stock diffusers pipeline samples it: the UNet alone has no w input (w enters through the embedding beside
+    it), and ConsistencyModelPipeline re-noises between steps where this student takes deterministic DDIM steps.
+    The model card says so and gives the two ways that do run it. Temp folder, then rename."""
+    from components.diffusion import save_denoiser
+
+    target = check_export_target(target, overwrite)
+    with atomic_dir(target) as tmp:
+        save_denoiser(student, tmp)
+        if onnx:
+            export_guided_onnx(student, tmp / "onnx" / "denoiser.onnx")
+        (tmp / "README.md").write_text(guided_card({**(card or {}), "num_classes": student.num_classes, "onnx": onnx,
+                                                    "sampling": student.sampling}))
+    return target
+
+
+def guided_card(card: dict) -> str:
+    """README.md of a guided student's folder: how to sample it at any w (fewstep's loader; ONNX in numpy)."""
+    sigmas = [float(v) for v in card.get("sampling", {}).get("sigmas", [80.0, 0.0])]
+    steps, n_cls = len(sigmas) - 1, card.get("num_classes", 10)
+    metrics = card.get("metrics", {})
+    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                     for k, v in metrics.items() if isinstance(v, (int, float, str))
+                     and not k.endswith("_seconds") and k != "sampling_speedup")
+    onnx = f"""`onnx/denoiser.onnx` is one network evaluation x_eta(z_t, t, w) (onnxruntime, no torch): inputs `sample`
+(N, C, H, W), `sigma` (N,), `class_labels` (N,) int64 and `w` (N,); output `denoised`. Deterministic DDIM
+on this student's levels:
+
+```python
+import numpy as np, onnxruntime as ort
+sess = ort.InferenceSession("onnx/denoiser.onnx", providers=["CPUExecutionProvider"])
+sigmas, w, labels = {[round(v, 6) for v in sigmas]}, 1.0, np.arange(8) % {n_cls}
+x = np.random.default_rng(0).standard_normal((8, *sess.get_inputs()[0].shape[1:]), dtype=np.float32) * sigmas[0]
+for t, s in zip(sigmas[:-1], sigmas[1:]):
+    x0 = sess.run(None, {{"sample": x, "sigma": np.full(8, t, np.float32), "class_labels": labels,
+                         "w": np.full(8, w, np.float32)}})[0]
+    x = x0 + np.float32(s / t) * (x - x0)
+images = x.clip(-1, 1)
+```""" if card.get("onnx") else "No ONNX copy: export.onnx was off."
+    return f"""---
+library_name: fewstep
+tags: [fewstep, distillation, guided-distillation, progressive-distillation]
+---
+# {card.get('name', 'fewstep guided student')}
+
+A {steps}-step class-conditional generator with the guidance strength **w as an input** (one network
+evaluation per step at any w, where the classifier-free-guided teacher takes two), distilled by fewstep
+with guided distillation (Meng et al. 2022) and progressive halvings from a {card.get("teacher_nfe", "?")}-NFE teacher.
+w = 0 is the conditional model; the CFG scale is 1 + w.
+
+**Stock diffusers cannot sample it**: `unet/` is a stock UNet2DModel, but w enters through
+`w_embedding.safetensors` beside it, and no stock pipeline takes deterministic DDIM steps on this
+EDM-preconditioned denoiser (ConsistencyModelPipeline re-noises between steps). Two ways run it:
+
+```python
+from components.diffusion import load_denoiser                    # fewstep's loader
+from components.diffusion.generate import balanced_labels, generate
+
+student = load_denoiser("<this folder>")
+images = generate(student, balanced_labels(8, {n_cls}), seed=0, guidance_scale=1 + 1.0).images   # w = 1, [-1, 1]
+```
+
+{onnx}
+
+Classes (label i): {', '.join(map(str, card.get('class_names', [])))}. Label {n_cls} is the null class.
+
+## Figures (w = 0)
+| metric | value |
+|---|---|
+{rows}
+
+## Provenance
+- data: `{card.get('data_path', '')}` (DVC md5 `{card.get('data_md5', '')}`)
+- code: git `{card.get('git_commit') or 'see dvc.lock'}`
+- config:
+```json
+{json.dumps(card.get('config', {}), indent=1, sort_keys=True)}
+```
+"""
 
 
 def card_fields(method: str, metrics: dict, class_names: list, data_path: str, data_md5: str, config: dict,

@@ -24,6 +24,7 @@ from components.config import ConfigError
 from components.diffusion.denoiser import EDMDenoiser
 
 INPUTS, OUTPUTS = ["noise", "class_labels"], ["images"]
+GUIDED_INPUTS, GUIDED_OUTPUTS = ["sample", "sigma", "class_labels", "w"], ["denoised"]
 
 
 class OneStepGenerator(torch.nn.Module):
@@ -68,6 +69,57 @@ def export_onnx(student: EDMDenoiser, path: str | os.PathLike, opset: int = 18) 
                               dynamic_shapes={"noise": {0: "batch"}, "class_labels": {0: "batch"}},
                               opset_version=opset, dynamo=True, external_data=False, verbose=False)
     return Path(path)
+
+
+class GuidedStep(torch.nn.Module):
+    """A guided student's one network evaluation x_eta(z_t, t, w): (sample, sigma, labels, w) -> denoised."""
+
+    def __init__(self, student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, sample: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor,
+                w: torch.Tensor) -> torch.Tensor:
+        return self.student.with_w(sample, sigma, class_labels, w)
+
+
+def export_guided_onnx(student, path: str | os.PathLike, opset: int = 18) -> Path:
+    """Write a guided (w-conditioned) student's denoiser x_eta(z_t, t, w) to `path`: inputs `sample` (N, C, H, W),
+    `sigma` (N,), `class_labels` (N,) int64 and `w` (N,), output `denoised` (N, C, H, W); any step count runs it
+    in a DDIM loop (run_guided_onnx, the model card). Temp file, then rename."""
+    from components.diffusion.denoiser import GuidedDenoiser
+
+    if not isinstance(student, GuidedDenoiser):
+        raise ConfigError(f"onnx export: expected a guided student (kind 'guided'), got {getattr(student, 'kind', '?')!r}")
+    step = GuidedStep(copy.deepcopy(student).float().cpu().eval()).eval()
+    cfg, size = student.unet.config, student.unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else size
+    example = (torch.randn(2, cfg.in_channels, h, w), torch.tensor([80.0, 1.0]), torch.zeros(2, dtype=torch.long),
+               torch.tensor([0.0, 1.0]))
+    batch = {0: "batch"}
+    with atomic_file(path) as tmp:
+        with warnings.catch_warnings():           # the dynamo exporter, as export_onnx (its comment says why)
+            warnings.filterwarnings("ignore", message="# The axis name")
+            torch.onnx.export(step, example, str(tmp), input_names=GUIDED_INPUTS, output_names=GUIDED_OUTPUTS,
+                              dynamic_shapes={"sample": batch, "sigma": batch, "class_labels": batch, "w": batch},
+                              opset_version=opset, dynamo=True, external_data=False, verbose=False)
+    return Path(path)
+
+
+def run_guided_onnx(path: str | os.PathLike, noise, labels, sigmas, w: float) -> np.ndarray:
+    """Images in [-1, 1] from an exported guided denoiser: deterministic DDIM on `sigmas` (t_0 > ... > 0),
+    x_s = x0 + (s / t)(x_t - x0), at guidance strength w - the project's `ddim` sampler, in numpy."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    x = np.asarray(noise, dtype=np.float32) * np.float32(sigmas[0])
+    for t, s in zip(sigmas[:-1], sigmas[1:]):
+        x0 = sess.run(None, {"sample": x, "sigma": np.full(n, t, np.float32), "class_labels": labels,
+                             "w": np.full(n, w, np.float32)})[0]
+        x = x0 + np.float32(s / t) * (x - x0)
+    return x.clip(-1, 1)
 
 
 def run_onnx(path: str | os.PathLike, noise, labels) -> np.ndarray:

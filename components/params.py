@@ -54,9 +54,9 @@ def resolve_config(**sections: Any) -> RunConfig:
     parsed = {name: parse_section(model, sections.get(name), name) for name, model in _MODELS.items()}
     cfg = RunConfig(distill=parse_distill_config(sections.get("distill")), **parsed)
     if cfg.distill.method not in PIPELINE_METHODS:
-        raise ConfigError(f"config field 'distill.method': {cfg.distill.method!r} is not wired into the pipelines "
-                          f"yet (they run {', '.join(PIPELINE_METHODS)}); its components run from Python "
-                          "(docs/guided.md)")
+        raise ConfigError(f"config field 'distill.method': {cfg.distill.method!r} runs only as the halvings of a "
+                          "guided chain: distill.method guided with distill.target_steps (pipelines.guided_pipeline, "
+                          "docs/guided.md)")
     check_gate_config(cfg.gate)
     if cfg.evaluation.feature_net == "inception" and not cfg.evaluation.inception_download:
         from components.metrics.extractors import inception_weights

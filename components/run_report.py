@@ -51,9 +51,11 @@ def gate_html(decision: dict) -> str:
 
 def run_report(metrics: dict, decision: dict, curve: Image.Image, teacher_grid: Image.Image,
                student_grid: Image.Image, provenance: dict, title: str = "fewstep run report",
-               training: Image.Image | None = None) -> str:
+               training: Image.Image | None = None,
+               guidance: tuple[Image.Image, list[dict]] | None = None) -> str:
     """The page: gate decision, metrics table, FID vs NFE, FID during distillation (`training`, when
-    the run had checkpoint FIDs), teacher vs student samples, provenance."""
+    the run had checkpoint FIDs), FID and class accuracy vs w (`guidance`: the picture and its points, a
+    guided chain), teacher vs student samples, provenance."""
     if metrics.get("student_nonfinite_samples"):
         table = (f"<p class='fail'>The student's samples contain NaN/inf ({metrics['student_nonfinite_samples']} of "
                  f"{metrics['num_samples']}): it cannot be scored.</p>")
@@ -81,6 +83,7 @@ def run_report(metrics: dict, decision: dict, curve: Image.Image, teacher_grid: 
 <h2>FID vs NFE</h2>
 {_img(curve, "FID vs NFE")}
 {"<h2>FID during distillation</h2>" + _img(training, "FID during distillation") if training is not None else ""}
+{guidance_html(*guidance) if guidance is not None else ""}
 <h2>Samples (one row per class)</h2>
 <div class="grids"><figure>{_img(teacher_grid, "teacher samples")}<figcaption>teacher</figcaption></figure>
 <figure>{_img(student_grid, "student samples")}<figcaption>student</figcaption></figure></div>
@@ -88,6 +91,22 @@ def run_report(metrics: dict, decision: dict, curve: Image.Image, teacher_grid: 
 <table>{prov}</table>
 </body></html>
 """
+
+
+def guidance_html(picture: Image.Image, points: list[dict]) -> str:
+    """The guidance sweep: its picture and a table (one row per model, FID / class accuracy per w)."""
+    ws = sorted({p["w"] for p in points})
+    head = "".join(f"<th>w={w:g}</th>" for w in ws)
+    rows = []
+    for model in dict.fromkeys(p["model"] for p in points):          # in sweep order: teacher, then students
+        got = {p["w"]: p for p in points if p["model"] == model}
+        cells = "".join(f"<td>{_fmt(got[w]['fid'])} / {_fmt(got[w]['class_acc'])} ({got[w]['nfe']} NFE)</td>"
+                        if w in got else "<td></td>" for w in ws)
+        rows.append(f"<tr><td>{html.escape(model)}</td>{cells}</tr>")
+    return (f"<h2>FID and class accuracy vs guidance w</h2>{_img(picture, 'FID and class accuracy vs w')}"
+            f"<table><tr><th>model</th>{head}</tr>{''.join(rows)}</table>"
+            "<p>FID / class accuracy (network evaluations per image) per w, CFG scale 1 + w: the teacher takes two "
+            "evaluations per step where w > 0, a guided student one.</p>")
 
 
 def training_curve(history: list[dict], metrics: dict) -> Image.Image | None:

@@ -15,6 +15,9 @@
     python -m components.stages export    --params params.yaml --dataset ... --student ... --metrics metrics.json
                                           --eval artifacts/eval --out models/dmd2_student --report artifacts/report/run_report.html
 
+A guided chain (params_guided.yaml: distill.method guided with target_steps) is `distill` for stage 1, then
+`distill --halving K --teacher <the previous student>` per halving, then `evaluate --sweep <every student>`.
+
 Each stage writes into a temp folder beside its output and renames it when done, so a failed or
 killed stage leaves nothing half-written. Two stages resume instead: `pairs` keeps its finished
 shards, `distill` its checkpoints (both are DVC outs with persist: true). Bad input exits 1 with one line naming the file/field.
@@ -105,6 +108,30 @@ def _references(cfg: RunConfig, dataset, net):
     return reference_features(extractor_for(cfg.evaluation.extractor(), net), dataset)
 
 
+def _stage_config(cfg: RunConfig, halving: int, teacher) -> dict:
+    """The distill config of this run: the configured method's, or with --halving K > 0 the K-th halving of a
+    guided chain (distill.method guided: components/methods/progressive.py), whose teacher must sample in twice
+    the steps that halving's student will."""
+    from components.methods.progressive import halvings, stage_one
+
+    if not halving:
+        return stage_one(cfg.distill) if cfg.distill.method == "guided" else cfg.distill.model_dump(mode="json")
+    if cfg.distill.method != "guided":
+        raise ConfigError(f"--halving {halving}: distill.method is {cfg.distill.method!r}; halvings belong to a "
+                          "guided chain (distill.method guided with distill.target_steps)")
+    chain = halvings(cfg.distill)
+    if halving > len(chain):
+        raise ConfigError(f"--halving {halving}: distill.sampling_steps {cfg.distill.sampling_steps} -> "
+                          f"target_steps {cfg.distill.target_steps} has {len(chain)} halving(s); dvc.yaml's "
+                          "halve stages must match the chain")
+    steps, config = chain[halving - 1]
+    got = len(getattr(teacher, "sampling", {}).get("sigmas", [])) - 1
+    if got != 2 * steps:
+        raise ConfigError(f"--teacher: samples in {got} steps; halving {halving} of the chain expects its teacher "
+                          f"at {2 * steps} steps (the previous halving's student)")
+    return config
+
+
 def stage_distill(cfg: RunConfig, a: argparse.Namespace) -> None:
     from components.data import ImageDataset
     from components.diffusion import load_denoiser, save_denoiser, state_hash
@@ -120,7 +147,8 @@ def stage_distill(cfg: RunConfig, a: argparse.Namespace) -> None:
         teacher = load_denoiser(a.teacher, what="teacher")
         pairs = load_pairs(a.pairs, state_hash(teacher), what=f"--pairs '{a.pairs}'") if a.pairs else None
         Path(a.checkpoints).mkdir(parents=True, exist_ok=True)      # a DVC out even with checkpoints off
-        method = build_method(teacher, cfg.distill.model_copy(update={"checkpoint_dir": a.checkpoints}), dataset, pairs)
+        method = build_method(teacher, {**_stage_config(cfg, a.halving, teacher), "checkpoint_dir": a.checkpoints},
+                              dataset, pairs)
         callback = None
         if world.is_main:            # the student's FID at checkpoints: rank 0 only (the ranks hold the same G)
             callback = checkpoint_fid(method, net, _references(cfg, dataset, net), cfg.evaluation.extractor(),
@@ -185,6 +213,28 @@ def _saved_teacher_eval(folder: Path, protocol: dict):
             FeatureSet.load(folder, "teacher-samples"), (folder / "teacher_samples.png").read_bytes())
 
 
+def _guidance_sweep(cfg: RunConfig, folders: str, teacher, student, dataset, net) -> list[dict]:
+    """--sweep (a guided chain's student folders, first to last, comma-separated; the last is --student): FID and
+    class accuracy at each evaluation.guidance_w of the CFG teacher and of each student."""
+    from components.diffusion import GuidedDenoiser, load_denoiser, state_hash
+    from components.metrics.evaluate import extractor_for, guidance_sweep
+
+    paths = [p for p in folders.split(",") if p]
+    chain = [load_denoiser(p, what="--sweep student") for p in paths]
+    if not isinstance(student, GuidedDenoiser) or state_hash(chain[-1]) != state_hash(student):
+        raise ConfigError(f"--sweep: its last folder '{paths[-1]}' must be --student, a guided student")
+    steps = len(student.sampling["sigmas"]) - 1
+    if cfg.distill.method == "guided" and cfg.distill.target_steps not in (None, steps):
+        raise ConfigError(f"--student: samples in {steps} steps but distill.target_steps is "
+                          f"{cfg.distill.target_steps}; dvc.yaml's halve stages must match the chain")
+    ev, extractor, refs = cfg.evaluation, extractor_for(cfg.evaluation, net), _references(cfg, dataset, net)
+    points = guidance_sweep(teacher, "teacher (CFG)", ev.guidance_w, extractor, net, dataset, refs, ev)
+    for s in chain:
+        points += guidance_sweep(s, f"student, {len(s.sampling['sigmas']) - 1}-step", ev.guidance_w, extractor,
+                                 net, dataset, refs, ev)
+    return points
+
+
 def stage_evaluate(cfg: RunConfig, a: argparse.Namespace) -> None:
     """metrics.json (the run's summary), the FID-vs-NFE points, sample grids; the teacher's figures come from
     the teacher_eval stage's output (--teacher-eval), checked to be of this teacher, feature net, data,
@@ -205,7 +255,13 @@ def stage_evaluate(cfg: RunConfig, a: argparse.Namespace) -> None:
     result, s_gen = evaluate_student_model(student, teacher, dataset, net, _references(cfg, dataset, net), t_metrics,
                                            t_feats, ev)
     points = fid_points(t_metrics["fid_vs_nfe"], result)
+    sweep = _guidance_sweep(cfg, a.sweep, teacher, student, dataset, net) if a.sweep else None
     with atomic_dir(a.out) as tmp:
+        if sweep is not None:
+            from components.viz import fid_vs_w
+
+            write_json(tmp / "guidance_sweep.json", sweep)
+            fid_vs_w(sweep).save(tmp / "fid_vs_w.png")
         (tmp / "teacher_samples.png").write_bytes(t_grid)
         sample_grid(s_gen.images.nan_to_num(0.0), s_gen.labels, dataset.num_classes,
                     ev.grid_per_class).save(tmp / "student_samples.png")
@@ -233,10 +289,12 @@ def stage_export(cfg: RunConfig, a: argparse.Namespace) -> None:
     print(decision.summary())
     data_md5 = dvc_md5(cfg.data.path)
     ev = Path(a.eval)
+    sweep = ev / "guidance_sweep.json"              # a guided chain's evaluate --sweep
+    guidance = (Image.open(ev / "fid_vs_w.png"), json.loads(sweep.read_text())) if sweep.is_file() else None
     page = run_report(figures, {**decision.to_dict(), "model_version": ""}, Image.open(ev / "fid_vs_nfe.png"),
                       Image.open(ev / "teacher_samples.png"), Image.open(ev / "student_samples.png"),
                       {"data": f"{cfg.data.path} (DVC md5 {data_md5})", "engine": "dvc repro",
-                       "teacher sha256": figures.get("teacher_sha256", "")})
+                       "teacher sha256": figures.get("teacher_sha256", "")}, guidance=guidance)
     write_text(a.report, page)
     card = card_fields(cfg.distill.method, figures, ImageDataset.load(a.dataset).class_names, cfg.data.path, data_md5,
                        cfg.as_dict())
@@ -269,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--teacher-eval", default=None, help="evaluate: the teacher_eval stage's --out (its figures "
                     "are used when they were made with the same data, teacher, feature net, evaluation and threads)")
     ap.add_argument("--checkpoints", default="artifacts/checkpoints")
+    ap.add_argument("--halving", type=int, default=0, help="distill: the K-th halving (1, 2, ...) of a guided chain "
+                    "(distill.method guided with target_steps) on --teacher, the previous student; 0: the configured "
+                    "method (a guided chain's stage 1)")
+    ap.add_argument("--sweep", default=None, help="evaluate: a guided chain's student folders, first to last, "
+                    "comma-separated (the last is --student): FID and class accuracy vs evaluation.guidance_w")
     ap.add_argument("--out", required=True)
     return ap
 

@@ -5,8 +5,9 @@ from typing import Any, Dict, Optional
 
 from zenml import Model, pipeline
 
-from components.params import load_params
 from components.data.versioning import run_lineage
+from components.methods import check_pipeline
+from components.params import load_params
 from steps.dataset import build_dataset
 from steps.distill import distill_step
 from steps.evaluate_student import evaluate_student
@@ -38,6 +39,7 @@ def dmd2_pipeline(params_file: Optional[str] = None, data: Optional[Dict[str, An
     cfg = load_params(params_file, data=data, teacher=teacher, features=features, distill=distill,
                       evaluation=evaluation, gate=gate, export=export, tracking=tracking, pairs=pairs,
                       compute=compute)
+    check_pipeline(cfg.distill.method, "dmd2_pipeline")     # guided: pipelines.guided_pipeline
     threads = cfg.compute.threads              # torch CPU threads of every step that computes
     lineage = run_lineage(cfg.as_dict(), params_file)
     record_lineage(lineage)

@@ -1,7 +1,8 @@
 """Step: distill the teacher into a few-step student with the configured method (with the
-student's FID at checkpoints when distill.fid_every > 0)."""
+student's FID at checkpoints when distill.fid_every > 0). A guided chain runs it once per stage:
+the guided stage on the teacher, then each halving on the previous student (pairs None)."""
 import time
-from typing import Annotated, Any, Dict, List, Tuple
+from typing import Annotated, Any, Dict, List, Optional, Tuple
 
 from PIL import Image
 from zenml import step
@@ -21,7 +22,7 @@ from steps.names import DISTILL_HISTORY, DISTILL_LOSS_CURVE, STUDENT
 
 
 @step(output_materializers={STUDENT: DenoiserMaterializer})
-def distill_step(teacher: Denoiser, dataset: ImageDataset, pairs: TeacherPairs, feature_net: FeatureNet,
+def distill_step(teacher: Denoiser, dataset: ImageDataset, pairs: Optional[TeacherPairs], feature_net: FeatureNet,
                  references: ReferenceFeatures, distill_config: Dict[str, Any], extractor: ExtractorConfig,
                  fid_samples: int = 1000, threads: int = 0) -> Tuple[
         Annotated[Denoiser, STUDENT], Annotated[List[Dict[str, float]], DISTILL_HISTORY],

@@ -12,8 +12,8 @@ from zenml.utils import io_utils
 
 from components.data import ImageDataset, load_manifest, save_manifest
 from components.data.validation import DataValidationReport
-from components.diffusion.denoiser import (CTMDenoiser, Denoiser, EDMDenoiser, VPDenoiser, load_denoiser, save_denoiser,
-                                           state_hash)
+from components.diffusion.denoiser import (CTMDenoiser, Denoiser, EDMDenoiser, GuidedDenoiser, VPDenoiser,
+                                           load_denoiser, save_denoiser, state_hash)
 from components.diffusion.pairs import TeacherPairs, load_pairs, write_pairs
 from components.metrics.features import FeatureNet
 from components.metrics.fid import FeatureSet, ReferenceFeatures
@@ -44,7 +44,7 @@ class _FolderMaterializer(BaseMaterializer):
 class DenoiserMaterializer(_FolderMaterializer):
     """A Denoiser as a diffusers folder: unet/ (safetensors), scheduler/, denoiser.json."""
 
-    ASSOCIATED_TYPES = (Denoiser, EDMDenoiser, VPDenoiser, CTMDenoiser)
+    ASSOCIATED_TYPES = (Denoiser, EDMDenoiser, VPDenoiser, CTMDenoiser, GuidedDenoiser)
     ASSOCIATED_ARTIFACT_TYPE = ArtifactType.MODEL
 
     def _write(self, data: Denoiser, directory: str) -> None:

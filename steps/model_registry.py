@@ -13,9 +13,14 @@ logger = logging.getLogger(__name__)
 
 
 def production_student() -> Optional[Denoiser]:
-    """The student of the model version in `production`, if there is one."""
+    """The student of this pipeline's model (dmd2_student, guided_student) in `production`, if there is one
+    (a guided chain links one `student` per stage: the latest, its last halving, is the model's)."""
     try:
-        version = Client().get_model_version(MODEL_NAME, ModelStages.PRODUCTION)
+        name = get_step_context().model.name
+    except Exception:                    # .entrypoint() or a step without a model: the default model
+        name = MODEL_NAME
+    try:
+        version = Client().get_model_version(name, ModelStages.PRODUCTION)
     except KeyError:
         return None
     artifact = version.get_artifact(STUDENT)

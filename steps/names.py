@@ -19,4 +19,6 @@ GATE_DECISION = "gate_decision"
 EXPORTED_MODEL = "exported_model"
 RUN_REPORT = "run_report"
 FID_VS_NFE_PLOT = "fid_vs_nfe"
-MODEL_NAME = "dmd2_student"        # the ZenML Model Control Plane entry each run adds a version to
+GUIDANCE_SWEEP = "guidance_sweep"          # FID and class accuracy vs w (guided chain)
+MODEL_NAME = "dmd2_student"        # the ZenML Model Control Plane entry each run adds a version to (dmd2_pipeline)
+GUIDED_MODEL_NAME = "guided_student"   # the same for guided_pipeline (another kind of model: w is an input)

@@ -10,14 +10,24 @@ from components.methods.ctm import CTM, CTMConfig
 from components.methods.dmd2 import DMD2, DMD2Config
 from components.methods.guided import GuidedConfig, GuidedDistillation
 from components.methods.interface import Method
-from components.methods.progressive import Progressive, ProgressiveConfig
+from components.methods.progressive import Progressive, ProgressiveConfig, halvings
 from components.methods.trainer import DivergenceError, distill
 
 METHODS: dict[str, type[Method]] = {"dmd2": DMD2, "ctm": CTM, "guided": GuidedDistillation,
                                      "progressive": Progressive}
-# the methods the pipelines (ZenML, DVC) and the leaderboard run; guided + progressive (issue 17) are components
-# only so far: their chain (stage 1, then one run per halving) is not wired into the steps yet
-PIPELINE_METHODS = ("dmd2", "ctm")
+# which ZenML pipeline runs which distill.method; progressive runs only as the halvings of a guided chain
+# (distill.method guided with distill.target_steps: components/methods/progressive.py, halvings)
+PIPELINES = {"dmd2_pipeline": ("dmd2", "ctm"), "guided_pipeline": ("guided",)}
+PIPELINE_METHODS = tuple(m for methods in PIPELINES.values() for m in methods)
+
+
+def check_pipeline(method: str, pipeline: str) -> None:
+    """ConfigError unless `pipeline` runs distill.method `method` (the line names the one that does)."""
+    if method not in PIPELINES[pipeline]:
+        other = next((p for p, ms in PIPELINES.items() if method in ms), None)
+        where = f"pipelines.{other}" if other else "no pipeline"
+        raise ConfigError(f"config field 'distill.method': {pipeline} does not run {method!r} "
+                          f"(it runs {', '.join(PIPELINES[pipeline])}); use {where}")
 
 
 def method_class(name) -> type[Method]:
@@ -40,6 +50,8 @@ def parse_distill_config(values: dict | DistillConfig | None) -> DistillConfig:
     if cfg.checkpoint_every % cfg.log_every:
         raise ConfigError(f"config field 'distill.checkpoint_every': {cfg.checkpoint_every} is not a multiple of "
                           f"distill.log_every ({cfg.log_every})")
+    if isinstance(cfg, GuidedConfig):
+        halvings(cfg)                            # the chain's bookkeeping and each halving's config, checked now
     return cfg
 
 
@@ -50,6 +62,6 @@ def build_method(teacher, cfg: DistillConfig | dict, data, pairs=None) -> Method
     return method_class(cfg.method)(teacher, cfg, data, pairs)
 
 
-__all__ = ["METHODS", "PIPELINE_METHODS", "CTM", "CTMConfig", "DMD2", "DMD2Config", "DistillConfig", "DivergenceError", "GuidedConfig",
+__all__ = ["METHODS", "PIPELINES", "PIPELINE_METHODS", "check_pipeline", "CTM", "CTMConfig", "DMD2", "DMD2Config", "DistillConfig", "DivergenceError", "GuidedConfig",
            "GuidedDistillation", "Method", "Progressive", "ProgressiveConfig",
            "build_method", "distill", "method_class", "parse_distill_config"]

@@ -23,7 +23,7 @@ this follows the paper's Sec. 4.1 and PAPERS.md.
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Any, Literal, Optional
 
 import torch
 from pydantic import Field
@@ -53,6 +53,33 @@ class GuidedConfig(WStudentConfig):
     P_mean: float = -1.2                     # ln t ~ N(P_mean, P_std^2): the teacher's training noise levels
     P_std: float = Field(1.2, gt=0)
     sampling_steps: int = Field(16, ge=1)    # N: the student's DDIM steps (Karras grid); progressive halves it
+    # the chain (pipelines.guided_pipeline, DVC): after stage 1, halve N down to target_steps, one progressive run
+    # per halving (components.methods.progressive.halvings); None: stage 1 only. `halving`: overrides of every
+    # halving's distill config over the keys it shares with this one (e.g. iterations, lr)
+    target_steps: Optional[int] = Field(None, ge=1)
+    halving: dict[str, Any] = Field(default_factory=dict)
+
+
+CHAIN_KEYS = ("target_steps", "halving")      # GuidedConfig keys of the chain, not of stage 1's training
+
+
+def halving_plan(start_steps: int, target_steps: int) -> list[int]:
+    """The student step counts of a chain from `start_steps` (the guided student's N) down to
+    `target_steps`: 16 -> 4 gives [8, 4]. N / target must be a power of 2 and target >= 1."""
+    if target_steps < 1:
+        raise ConfigError(f"config field 'distill.target_steps': {target_steps} is below 1 step")
+    if target_steps >= start_steps:
+        raise ConfigError(f"config field 'distill.target_steps': {target_steps} leaves nothing to halve from "
+                          f"{start_steps} steps (expected fewer)")
+    ratio = start_steps // target_steps
+    if start_steps % target_steps or ratio & (ratio - 1):
+        raise ConfigError(f"config field 'distill.target_steps': {start_steps} steps cannot be halved to "
+                          f"{target_steps} (start / target must be a power of 2)")
+    plan, n = [], start_steps
+    while n > target_steps:
+        n //= 2
+        plan.append(n)
+    return plan
 
 
 def truncated_snr(t: torch.Tensor, sigma_data: float) -> torch.Tensor:
@@ -151,4 +178,4 @@ class GuidedDistillation(Method):
         self.step = int(state["step"])
 
 
-__all__ = ["GuidedConfig", "WStudentConfig", "GuidedDistillation", "guided_target", "regression_loss", "truncated_snr"]
+__all__ = ["CHAIN_KEYS", "GuidedConfig", "halving_plan", "WStudentConfig", "GuidedDistillation", "guided_target", "regression_loss", "truncated_snr"]

@@ -28,36 +28,17 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from components.config import ConfigError
+from components.config import ConfigError, parse_section
 from components.data import ImageDataset
 from components.diffusion import GuidedDenoiser
 from components.diffusion.denoiser import Denoiser
 from components.diffusion.samplers import ddim_step, ddim_target
-from components.methods.guided import GuidedDistillation, WStudentConfig
+from components.methods.guided import CHAIN_KEYS, GuidedConfig, GuidedDistillation, WStudentConfig, halving_plan
 
 
 class ProgressiveConfig(WStudentConfig):
     method: Literal["progressive"] = "progressive"
-    target_steps: int = Field(4, ge=1)       # the chain ends at this many steps (halving_plan); one run halves once
-
-
-def halving_plan(start_steps: int, target_steps: int) -> list[int]:
-    """The student step counts of a chain from `start_steps` (the guided student's N) down to
-    `target_steps`: 16 -> 4 gives [8, 4]. N / target must be a power of 2 and target >= 1."""
-    if target_steps < 1:
-        raise ConfigError(f"config field 'distill.target_steps': {target_steps} is below 1 step")
-    if target_steps >= start_steps:
-        raise ConfigError(f"config field 'distill.target_steps': {target_steps} leaves nothing to halve from "
-                          f"{start_steps} steps (expected fewer)")
-    ratio = start_steps // target_steps
-    if start_steps % target_steps or ratio & (ratio - 1):
-        raise ConfigError(f"config field 'distill.target_steps': {start_steps} steps cannot be halved to "
-                          f"{target_steps} (start / target must be a power of 2)")
-    plan, n = [], start_steps
-    while n > target_steps:
-        n //= 2
-        plan.append(n)
-    return plan
+    target_steps: int = Field(4, ge=1)       # the step count this run's student samples in (its teacher's / 2)
 
 
 def teacher_sigmas(teacher: Denoiser) -> list[float]:
@@ -73,6 +54,35 @@ def teacher_sigmas(teacher: Denoiser) -> list[float]:
         raise ConfigError(f"distill.method progressive: the teacher samples in {N} DDIM step(s), which cannot be "
                           "halved (expected an even count >= 2: distill.sampling_steps of the guided stage)")
     return sigmas
+
+
+def stage_one(cfg: GuidedConfig) -> dict:
+    """The guided stage's own distill config (plain data): the chain keys (target_steps, halving) dropped, so a
+    longer or shorter chain leaves stage 1's config - and its cached student - unchanged."""
+    return {k: v for k, v in cfg.model_dump(mode="json").items() if k not in CHAIN_KEYS}
+
+
+def halvings(cfg: GuidedConfig) -> list[tuple[int, dict]]:
+    """The chain after stage 1 -> [(student steps, its distill config as plain data)], one per halving:
+    the keys stage 1 shares with ProgressiveConfig, then distill.halving's overrides. A halving's config
+    names its own step count (target_steps = N/2 of its teacher), not the chain's end, so asking for one
+    more halving leaves the earlier ones' configs (and cached students) as they were."""
+    if cfg.target_steps is None:
+        return []
+    shared = {k: v for k, v in stage_one(cfg).items() if k in ProgressiveConfig.model_fields and k != "method"}
+    unknown = sorted(set(cfg.halving) - set(ProgressiveConfig.model_fields) - {"method"})
+    if unknown:
+        raise ConfigError(f"config field 'distill.halving.{unknown[0]}': not a key of a halving's config "
+                          f"(valid: {', '.join(k for k in ProgressiveConfig.model_fields if k != 'method')})")
+    if cfg.halving.get("method", "progressive") != "progressive" or "target_steps" in cfg.halving:
+        key = "method" if "method" in cfg.halving else "target_steps"
+        raise ConfigError(f"config field 'distill.halving.{key}': set by the chain (distill.target_steps), "
+                          "not per halving")
+    out = []
+    for n in halving_plan(cfg.sampling_steps, cfg.target_steps):
+        values = {**shared, **cfg.halving, "method": "progressive", "target_steps": n}
+        out.append((n, parse_section(ProgressiveConfig, values, "distill.halving").model_dump(mode="json")))
+    return out
 
 
 class Progressive(GuidedDistillation):
@@ -102,4 +112,4 @@ class Progressive(GuidedDistillation):
         return {"sampler": "ddim", "sigmas": [round(float(v), 6) for v in self.levels[::2].tolist()]}
 
 
-__all__ = ["Progressive", "ProgressiveConfig", "halving_plan", "teacher_sigmas"]
+__all__ = ["Progressive", "ProgressiveConfig", "halving_plan", "halvings", "stage_one", "teacher_sigmas"]

@@ -73,12 +73,13 @@ def score_samples(gen: Generated, name: str, extractor, classifier: FeatureNet, 
             "class_acc": float((pred == gen.labels).float().mean()), "nonfinite_samples": 0}, feats
 
 
-def latency_p50(denoiser, num_classes: int, repeats: int, seed: int = 0) -> float:
-    """Median seconds to generate ONE image (batch 1, after one warm-up), sampler included."""
+def latency_p50(denoiser, num_classes: int, repeats: int, seed: int = 0, guidance_scale: float = 1.0) -> float:
+    """Median seconds to generate ONE image (batch 1, after one warm-up), sampler included (CFG at
+    `guidance_scale`)."""
     times = []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        generate(denoiser, torch.tensor([i % num_classes]), seed + i, batch_size=1)
+        generate(denoiser, torch.tensor([i % num_classes]), seed + i, batch_size=1, guidance_scale=guidance_scale)
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:])
 

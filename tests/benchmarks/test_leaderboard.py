@@ -272,3 +272,39 @@ def test_a_sweep_row_trains_once_per_seed_and_scores_each_recipe(board, tmp_path
     with pytest.raises(SystemExit):
         lb.load_spec(str(path), None, None, None)
     assert "row 'ctm': sweep needs steps" in capsys.readouterr().err
+
+
+def test_a_guided_chain_trains_once_per_seed_and_is_scored_per_stage_and_w(board, tmp_path, capsys):
+    """A guided row with sweep {w, steps} expands to one row per scored stage and w; each training seed trains
+    the whole chain once (its students saved); the CFG teacher is scored at each w (two evaluations per step
+    where w > 0); the page gets the guidance table and picture, and the main table only the first w."""
+    tmp, spec, _, _ = board
+    s = yaml.safe_load(spec.read_text())
+    chain = {"method": "guided", "iterations": 2, "sampling_steps": 4, "target_steps": 1, "halving": {"iterations": 2}}
+    s["rows"] = [{"name": "guided", "distill": chain, "sweep": {"w": [0.0, 1.0], "steps": [2, 1]}}]
+    path = tmp_path / "guided.yaml"
+    path.write_text(yaml.safe_dump(s))
+    assert [r["name"] for r in lb.load_spec(str(path), None, None, None)["rows"]] == [
+        "guided 2-step, w 0", "guided 2-step, w 1", "guided 1-step, w 0", "guided 1-step, w 1"]
+    capsys.readouterr()
+    out = tmp_path / "results"
+    r = lb.main(["--spec", str(path), "--cache", str(tmp / "cache"), "--train-seeds", "1", "--results", str(out),
+                 "--write-docs", str(tmp_path / "results.md")])[0]
+    err = capsys.readouterr().err
+    assert err.count("training seed 0") == 4 and err.count("cached student") == 3    # one chain trained
+    assert "distill (guided)" in err and "distill (progressive)" in err
+    assert [(row["sampling"]["steps"], row["sampling"]["w"], row["nfe"]) for row in r["rows"]] == [
+        (2, 0.0, 2), (2, 1.0, 2), (1, 0.0, 1), (1, 1.0, 1)]                 # one evaluation per step at any w
+    assert len({row["distill_seconds"] for row in r["rows"]}) == 1            # the whole chain's seconds
+    t = {row["w"]: row for row in r["teacher_guidance"]}
+    assert t[1.0]["nfe"] == 2 * t[0.0]["nfe"] and t[0.0]["fid"] != t[1.0]["fid"]
+    page = (tmp_path / "results.md").read_text()
+    assert "guided: FID (class accuracy) by stage and guidance w" in page and "| teacher, CFG" in page
+    assert "| guided 2-step, w 0 |" in page and "| guided 2-step, w 1 |" not in page      # the main table: w 0
+    assert (out / "tiny-fid-vs-w.png").is_file() and "tiny-fid-vs-w.png" in page
+    bad = {**s, "rows": [{"name": "guided", "distill": chain, "sweep": {"w": [0.0], "steps": [3]}}]}
+    path.write_text(yaml.safe_dump(bad))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        lb.load_spec(str(path), None, None, None)
+    assert "row 'guided': sweep steps [3] must be step counts of the chain [4, 2, 1]" in capsys.readouterr().err

@@ -75,9 +75,34 @@ def test_unknown_method_lists_valid_names(digits_npz):
         resolve_config(data={"path": digits_npz}, distill={"method": "nope"})
 
 
-def test_a_method_the_pipelines_do_not_run_yet_is_refused_before_any_step(digits_npz):
-    with pytest.raises(ConfigError, match=r"distill\.method.*'guided' is not wired into the pipelines yet"):
-        resolve_config(data={"path": digits_npz}, distill={"method": "guided"})
+def test_progressive_alone_is_refused_before_any_step(digits_npz):
+    with pytest.raises(ConfigError, match=r"distill\.method.*'progressive' runs only as the halvings of a guided "
+                                          r"chain: distill\.method guided with distill\.target_steps"):
+        resolve_config(data={"path": digits_npz}, distill={"method": "progressive"})
+
+
+@pytest.mark.parametrize("chain, match", [
+    ({"sampling_steps": 8, "target_steps": 3}, r"'distill\.target_steps': 8 steps cannot be halved to 3"),
+    ({"sampling_steps": 8, "target_steps": 8}, r"'distill\.target_steps': 8 leaves nothing to halve"),
+    ({"target_steps": 4, "halving": {"iterations": 0}}, r"'distill\.halving\.iterations'"),
+    ({"target_steps": 4, "halving": {"lerning_rate": 1}}, r"'distill\.halving\.lerning_rate': not a key"),
+    ({"target_steps": 4, "halving": {"target_steps": 2}}, r"'distill\.halving\.target_steps': set by the chain"),
+])
+def test_a_guided_chain_is_checked_before_any_step(digits_npz, chain, match):
+    with pytest.raises(ConfigError, match=match):
+        resolve_config(data={"path": digits_npz}, distill={"method": "guided", **chain})
+
+
+def test_each_pipeline_names_the_one_that_runs_a_method():
+    from components.methods import check_pipeline
+
+    check_pipeline("ctm", "dmd2_pipeline")
+    check_pipeline("guided", "guided_pipeline")
+    with pytest.raises(ConfigError, match=r"'distill\.method': dmd2_pipeline does not run 'guided' .*"
+                                          r"use pipelines\.guided_pipeline"):
+        check_pipeline("guided", "dmd2_pipeline")
+    with pytest.raises(ConfigError, match=r"guided_pipeline does not run 'dmd2' .*use pipelines\.dmd2_pipeline"):
+        check_pipeline("dmd2", "guided_pipeline")
 
 
 def test_unknown_format_lists_valid_names():

@@ -7,11 +7,12 @@ samples, one all-reduce of the gradients). Measured on the 2-core CI box: per-st
 to ~1e-6 relative, weights after 6 steps to ~1e-6; asserted: losses rtol 1e-4, weights atol 1e-4
 (AdamW with beta1 = 0 normalises each step, so the last bits of a gradient do not grow).
 
-Cost: the one real launch is the 2-process run. Its inputs are written in-process in the stages'
+Cost: the one real launch is the 2-process run (both methods in one launch: tests/components/ddp_stages.py). Its inputs are written in-process in the stages'
 own formats, the 1-process reference is the same stage CLI (components.stages.main) in-process,
 and the refusal of a global batch that does not divide runs that CLI in-process as each rank of a
 world of 2 (the refusal comes before any collective)."""
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -91,15 +92,26 @@ def _results(tmp: Path, name: str) -> tuple[dict, list[dict]]:
     return weights, history
 
 
-@pytest.mark.parametrize("method", ["dmd2", "ctm"])
-def test_two_processes_match_one_with_the_same_global_batch(stage_inputs, one_thread, method):
+METHODS = ("dmd2", "ctm")
+
+
+@pytest.fixture(scope="module")
+def ddp_launch(stage_inputs):
+    """ONE torchrun launch of 2 processes running the distill stage of each method in turn
+    (tests/components/ddp_stages.py: the stage CLI, one process group for both) -> its stdout."""
+    argvs = [_argv(stage_inputs, f"ddp-{m}", method=m) for m in METHODS]
+    r = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(Path(__file__).with_name(
+        "ddp_stages.py")), json.dumps(argvs)], check=False, cwd=stage_inputs, env=ENV, capture_output=True, text=True,
+        timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_processes_match_one_with_the_same_global_batch(stage_inputs, ddp_launch, one_thread, method):
     single, ddp = f"single-{method}", f"ddp-{method}"
     assert stages.main(_argv(stage_inputs, single, method=method)) == 0      # one process: the stage CLI, here
-    r = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "components.stages",
-                        *_argv(stage_inputs, ddp, method=method)], check=False, cwd=stage_inputs, env=ENV, capture_output=True,
-                       text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "on 2 process(es)" in r.stdout                            # really data-parallel, not 2 lone runs
+    assert ddp_launch.count("on 2 process(es)") == len(METHODS)     # really data-parallel, not 2 lone runs
     (one_w, one_h), (two_w, two_h) = _results(stage_inputs, single), _results(stage_inputs, ddp)
     assert len(one_h) == len(two_h) == (6 if method == "dmd2" else 3)       # CTM: 3 iterations (test time)
     rel = max(abs(b[k] - a[k]) / max(abs(a[k]), 1e-12) for a, b in zip(one_h, two_h) for k in a if k.startswith("loss"))

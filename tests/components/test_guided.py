@@ -11,9 +11,9 @@ from components.config import ConfigError
 from components.diffusion import GuidedDenoiser, ddim_step, ddim_target, load_denoiser, save_denoiser
 from components.diffusion.generate import generate
 from components.diffusion.noise_schedule import karras_sigmas
-from components.methods import build_method, distill
+from components.methods import build_method, distill, parse_distill_config
 from components.methods.guided import guided_target, truncated_snr
-from components.methods.progressive import halving_plan, teacher_sigmas
+from components.methods.progressive import halving_plan, halvings, stage_one, teacher_sigmas
 
 SD = 0.5                                 # sigma_data: the Gaussian data below is N(0, SD^2 I)
 TINY = dict(iterations=4, batch_size=16, seed=0, log_every=2, checkpoint_every=0, fid_every=0)
@@ -135,14 +135,29 @@ def test_a_progressive_student_that_hits_its_target_does_two_teacher_steps_in_on
     assert student.sampling == {"sampler": "ddim", "sigmas": [round(v, 6) for v in levels[::2]]}
 
 
+def test_the_chain_config_gives_each_halving_its_own_config_whatever_the_chain_end():
+    """stage_one drops the chain keys and each halving names its own step count, so a chain asked for one more
+    halving leaves stage 1's and the earlier halvings' configs (the pipeline's cache keys) unchanged."""
+    short = parse_distill_config({"method": "guided", **TINY, "sampling_steps": 8, "target_steps": 4,
+                                  "lr": 1e-3, "halving": {"iterations": 7, "lr": 5e-4}})
+    longer = parse_distill_config({**short.model_dump(), "target_steps": 1})
+    assert stage_one(short) == stage_one(longer) and "target_steps" not in stage_one(short)
+    assert [n for n, _ in halvings(short)] == [4] and [n for n, _ in halvings(longer)] == [4, 2, 1]
+    assert halvings(longer)[0] == halvings(short)[0]
+    n, cfg = halvings(longer)[1]
+    assert (cfg["method"], cfg["target_steps"], cfg["iterations"], cfg["lr"]) == ("progressive", 2, 7, 5e-4)
+    assert cfg["batch_size"] == TINY["batch_size"] and cfg["w_max"] == short.w_max     # shared with stage 1
+    assert halvings(parse_distill_config({"method": "guided", **TINY})) == []           # stage 1 only
+
+
 def test_the_chain_halves_the_guided_students_grid(tiny_teacher, digits):
-    stage1 = distill(m := build_method(tiny_teacher, {"method": "guided", **TINY, "sampling_steps": 8}, digits),
-                     progress=False)
+    chain = parse_distill_config({"method": "guided", **TINY, "sampling_steps": 8, "target_steps": 2})
+    stage1 = distill(m := build_method(tiny_teacher, stage_one(chain), digits), progress=False)
     assert all("loss_distill" in h for h in stage1)
     teacher = m.student()
     assert teacher.sampling["sampler"] == "ddim" and len(teacher.sampling["sigmas"]) == 9
-    for steps in halving_plan(8, 2):
-        m = build_method(teacher, {"method": "progressive", **TINY}, digits)
+    for steps, cfg in halvings(chain):
+        m = build_method(teacher, cfg, digits)
         distill(m, progress=False)
         teacher = m.student()
         assert len(teacher.sampling["sigmas"]) == steps + 1
@@ -201,3 +216,37 @@ def test_the_guidance_sweep_scores_each_w_with_one_evaluation_per_student_step(t
     assert s_pts[0]["fid"] == pytest.approx(t_pts[0]["fid"], rel=1e-4)
     assert s_pts[1]["fid"] == pytest.approx(s_pts[0]["fid"], rel=1e-4) and t_pts[1]["fid"] != t_pts[0]["fid"]
     assert fid_vs_w(t_pts + s_pts).size[0] > 400
+
+
+def test_the_export_keeps_w_an_input_and_onnxruntime_reproduces_the_ddim_sampler(guided_teacher, tmp_path):
+    """export_student on a guided student: fewstep's folder (not a ConsistencyModelPipeline: no stock pipeline
+    drives it, the card says so) and onnx/denoiser.onnx with w an input; the card's numpy DDIM loop
+    (run_guided_onnx) gives the project sampler's images at any w."""
+    import json
+
+    import numpy as np
+
+    from components.export import export_student
+    from components.onnx_export import run_guided_onnx
+
+    student = copy.deepcopy(guided_teacher)
+    student.sampling = {"sampler": "ddim", "sigmas": karras_sigmas(2, student.sigma_min, student.sigma_max).tolist()}
+    folder = export_student(student, tmp_path / "model", {"method": "guided", "class_names": list(range(10))})
+    files = {p.name for p in folder.iterdir()}
+    assert {"unet", "scheduler", "denoiser.json", "w_embedding.safetensors", "README.md", "onnx"} <= files
+    assert "model_index.json" not in files
+    card = (folder / "README.md").read_text()
+    assert "Stock diffusers cannot sample it" in card and "guidance_scale=1 + 1.0" in card
+    assert json.loads((folder / "denoiser.json").read_text())["sampling"] == student.sampling
+    back = load_denoiser(folder)
+    labels = torch.tensor([0, 3, 9, 10])                                   # the null class included
+    for w in (0.0, 1.5):
+        ours = generate(student, labels, seed=3, batch_size=4, guidance_scale=1 + w).images
+        assert torch.equal(generate(back, labels, seed=3, batch_size=4, guidance_scale=1 + w).images, ours)
+        c, s = student.unet.config.in_channels, student.unet.config.sample_size
+        noise = torch.randn((4, c, s, s), generator=torch.Generator().manual_seed(3))   # generate()'s draw
+        got = run_guided_onnx(folder / "onnx" / "denoiser.onnx", noise.numpy(), labels.numpy(),
+                              student.sampling["sigmas"], w)
+        assert float(np.abs(got - ours.numpy()).max()) <= 1e-4, w
+    with pytest.raises(ConfigError, match="not empty"):
+        export_student(student, folder, {})

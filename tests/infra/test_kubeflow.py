@@ -20,6 +20,7 @@ from infra.zenml import stacks
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 KUBEFLOW_CONFIG = ROOT / "configs" / "dmd2_kubeflow.yaml"
+GUIDED_KUBEFLOW_CONFIG = ROOT / "configs" / "guided_kubeflow.yaml"
 PIPELINE_FILE = ROOT / "pipelines" / "dmd2_pipeline.py"
 DOCKERFILE = ROOT / "infra" / "docker" / "Dockerfile"
 INFRA_KEYS = {"settings", "environment", "steps", "secrets"}      # what may differ between local and kubeflow
@@ -207,14 +208,19 @@ def compiles(tmp_path_factory, digits_npz):
     del bad_cfg["steps"]["distill_step"]["settings"]["orchestrator"]
     no_selector = tmp / "no_selector.yaml"
     no_selector.write_text(yaml.safe_dump(bad_cfg))
-    runs = {"good": (good, ()), "no_selector": (no_selector, ()), "no_gpus": (good, ("--no-gpus",))}
+    guided_cfg = yaml.safe_load(GUIDED_KUBEFLOW_CONFIG.read_text())
+    guided_cfg["parameters"] = {**guided_cfg["parameters"], "data": {"path": digits_npz}}
+    guided = tmp / "guided_kubeflow.yaml"
+    guided.write_text(yaml.safe_dump(guided_cfg))
+    runs = {"good": (good, ()), "no_selector": (no_selector, ()), "no_gpus": (good, ("--no-gpus",)),
+            "guided": (guided, ("--pipeline", "pipelines.guided_pipeline.guided_pipeline"))}
     outs = {name: tmp / name / "out" / "dmd2_pipeline.yaml" for name in runs}
     cases = {name: ("infra.kubeflow.compile:main", compile_args(config, outs[name], *extra),
                     isolated_env(tmp / name / "zenml")) for name, (config, extra) in runs.items()}
     results = run_forked(tmp / "driver", cases, preload=COMPILE_PRELOAD, env=isolated_env(tmp / "driver" / "zenml"),
                          parallel=True, not_imported=["zenml"])
     for name, r in results.items():
-        r.update(out=outs[name], config=cfg)
+        r.update(out=outs[name], config=guided_cfg if name == "guided" else cfg)
     yield results
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -310,6 +316,27 @@ def test_gpu_step_without_accelerator_selector_fails_cleanly(compiles):
     assert last.startswith("error: step 'distill_step' asks for gpu_count=1")
     assert "node selector 'accelerator'" in last and "teacher_pairs" not in last
     assert not r["out"].parent.exists() or not any(r["out"].parent.iterdir())
+
+
+def test_the_guided_chain_compiles_with_a_gpu_task_per_halving(compiles):
+    """guided_pipeline with configs/guided_kubeflow.yaml: the guided stage and each halving (16 -> 8 -> 4) are
+    tasks of their own, in a chain, each on one GPU; the sweeps over w and everything else on CPU."""
+    r = compiles["guided"]
+    assert r["rc"] == 0, r["stderr"][-3000:]
+    tasks = load_kfp(r["out"])
+    chain = ["distill_step", "halve_to_8", "halve_to_4"]
+    assert gpu_steps_in_config(r["config"]) == set(chain)
+    for step, task in tasks.items():
+        accelerator = task["container"].get("resources", {}).get("accelerator")
+        assert bool(accelerator) == (step in chain), step
+        if step in chain:
+            assert accelerator["resourceCount"] == "1" and task["platform"]["nodeSelector"]["labels"], step
+    assert "teacher_step" in tasks["distill_step"]["deps"]
+    assert "distill_step" in tasks["halve_to_8"]["deps"] and "halve_to_8" in tasks["halve_to_4"]["deps"]
+    assert {"guidance_sweep_teacher", "guidance_sweep_16_steps", "guidance_sweep_8_steps",
+            "guidance_sweep_4_steps"} <= set(tasks)
+    assert "halve_to_4" in tasks["evaluate_student"]["deps"] and "teacher_pairs" not in tasks   # no pairs used
+    assert "halve_to_4" in tasks["export_model"]["deps"]
 
 
 def test_gpu_steps_on_an_orchestrator_without_gpus_fail_cleanly(compiles):
@@ -498,3 +525,15 @@ def test_stack_bad_parameter_is_one_line(stack_env, capsys):
     assert stacks.main(["kubeflow", "--dry-run"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "FEWSTEP_ARTIFACT_FLAVOR 'azure'" in err
+
+
+def test_guided_kubeflow_config_differs_from_local_only_in_infrastructure():
+    """configs/guided_kubeflow.yaml: configs/guided_local.yaml's parameters, dmd2_kubeflow.yaml's image, resources
+    and environment; its own `steps` (the guided stage and each halving on a GPU: compiled above)."""
+    local = yaml.safe_load((ROOT / "configs" / "guided_local.yaml").read_text())
+    kfp = yaml.safe_load(GUIDED_KUBEFLOW_CONFIG.read_text())
+    reference = yaml.safe_load(KUBEFLOW_CONFIG.read_text())
+    assert kfp["parameters"] == local["parameters"] and set(kfp) ^ set(local) <= INFRA_KEYS
+    assert {k: kfp[k] for k in ("settings", "environment")} == {k: reference[k] for k in ("settings", "environment")}
+    assert set(kfp["steps"]) == {"distill_step", "halve_to_8", "halve_to_4"}
+    assert all(c["settings"] == reference["steps"]["distill_step"]["settings"] for c in kfp["steps"].values())

@@ -41,10 +41,16 @@ def tiny_config(tmp_path, data_path, gate=None) -> dict:
     return cfg
 
 
-def run_zenml(env, config) -> subprocess.CompletedProcess:
-    """The README's command: zenml pipeline run pipelines.dmd2_pipeline -c <config>."""
-    return subprocess.run([ZENML, "pipeline", "run", "pipelines.dmd2_pipeline", "-c", str(config)],
+def run_zenml(env, config, pipeline: str = "dmd2_pipeline") -> subprocess.CompletedProcess:
+    """The README's command: zenml pipeline run pipelines.<pipeline> -c <config>."""
+    return subprocess.run([ZENML, "pipeline", "run", f"pipelines.{pipeline}", "-c", str(config)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+
+
+# A tiny guided chain (guided_pipeline): stage 1 on 4 DDIM steps, halved to 2; the 'guided_longer' run asks for
+# one more halving (to 1) and must reuse the rest from the cache.
+GUIDED = {"method": "guided", "iterations": 4, "batch_size": 16, "log_every": 2, "fid_every": 4,
+          "checkpoint_every": 0, "sampling_steps": 4, "target_steps": 2, "halving": {"iterations": 2}}
 
 
 # What the tests read of a run, loaded from the store in one subprocess for all runs (newest last).
@@ -66,6 +72,12 @@ def view(run):
     out["report"], out["report_viz"] = str(report.load()), [str(v.type) for v in report.visualizations]
     out["wandb_run"] = steps["log_to_wandb"].outputs["output"][0].load()
     out["history"] = steps["distill_step"].outputs["distill_history"][0].load()
+    if "guidance_sweep_teacher" in steps:
+        last = max((n for n in steps if n.startswith("guidance_sweep_") and n.endswith("_steps")),
+                   key=lambda n: -int(n.split("_")[2]))
+        out["guidance"] = steps[last].outputs["guidance_sweep"][0].load()
+        out["student_kinds"] = {n: s.outputs["student"][0].load().kind for n, s in steps.items()
+                                if n == "distill_step" or n.startswith("halve_to_")}
     student = steps["distill_step"].outputs["student"][0]
     out["student_uri_files"] = sorted(p.name for p in pathlib.Path(student.uri).rglob("*") if p.is_file())
     return out
@@ -82,32 +94,39 @@ def inspect_runs(env, names: list[str]) -> list[dict]:
 
 
 def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
-    """Three tiny runs in `env`'s store -> {name: {"output", "info", "data", "data_md5", "run_name"}} (JSON):
-    'reject' (a gate no student passes), 'pass' (same data and teacher: cached; the gate passes and
-    promotes) and 'changed' (one pixel of the data changed: everything re-runs; a CTM student; passes)."""
+    """Four tiny runs in `env`'s store -> {name: {"output", "info", "data", "data_md5", "run_name"}} (JSON):
+    'reject' (dmd2_pipeline; a gate no student passes); then guided_pipeline on the same data (upstream steps
+    and teacher from the cache): 'guided' (GUIDED: 4 -> 2 steps; the gate passes and promotes) and
+    'guided_longer' (one more halving, -> 1 step: the rest from the cache); 'changed' (dmd2_pipeline, one pixel
+    of the data changed: everything re-runs; a CTM student; passes, promotes and exports with ONNX)."""
     from components.data.builtin import write_npz
     from components.data.versioning import dvc_md5
 
     data = tmp / "digits.npz"
     shutil.copy(digits_npz, data)
     runs = {}
-    for name, gate in (("reject", REJECT_GATE), ("pass", PASS_GATE), ("changed", PASS_GATE)):
+    for name, gate in (("reject", REJECT_GATE), ("guided", PASS_GATE), ("guided_longer", PASS_GATE),
+                       ("changed", PASS_GATE)):
         if name == "changed":
             with np.load(data) as z:
                 images, labels = z["images"].copy(), z["labels"].copy()
             images[0, 3, 3, 0] ^= 1
             write_npz(data, {"images": images, "labels": labels})
         config, cfg = tmp / f"{name}.yaml", tiny_config(tmp, data, gate)
-        if name == "changed":                                  # the 'pass' run checks the ONNX copy; skip its ~15 s
-            cfg["parameters"]["export"] = {"onnx": False}
-            # ... and the same pipeline and steps distil with CTM: distill.method switches the method
+        if name == "changed":
+            # the same pipeline and steps distil with CTM: distill.method switches the method
             # (params.yaml's DMD2 keys drop out; its method-independent ones stay)
             shared = {k: v for k, v in cfg["parameters"]["distill"].items() if k != "dfake_gen_update_ratio"}
             cfg["parameters"]["distill"] = {**shared, "method": "ctm", "max_heun_steps": 1}
+        if name.startswith("guided"):                         # a guided chain on the teacher of 'reject'
+            cfg["parameters"]["export"] = {"onnx": name == "guided"}     # its ONNX with w as an input, once
+            cfg["parameters"]["distill"] = {**GUIDED, "checkpoint_dir": str(tmp / "checkpoints"),
+                                            "target_steps": 1 if name == "guided_longer" else 2}
         cfg["run_name"] = f"tiny_{name}_{uuid.uuid4().hex[:8]}"      # found again by name, whatever else ran
         config.write_text(yaml.safe_dump(cfg))
         # W&B is checked on the first run only (WANDB_MODE in the environment wins over tracking.wandb)
-        proc = run_zenml(env if name == "reject" else {**env, "WANDB_MODE": "disabled"}, config)
+        proc = run_zenml(env if name == "reject" else {**env, "WANDB_MODE": "disabled"}, config,
+                         "guided_pipeline" if name.startswith("guided") else "dmd2_pipeline")
         assert proc.returncode == 0, (name, (proc.stdout + proc.stderr)[-4000:])
         runs[name] = {"output": proc.stdout + proc.stderr, "data": str(data), "data_md5": dvc_md5(data),
                       "run_name": cfg["run_name"]}

@@ -16,6 +16,7 @@ from tests.conftest import shared_once, write_image_folder
 from tests.pipelines.conftest import ROOT
 
 BIN = Path(sys.executable).parent
+CHAINS = ("export", "export_ctm")      # the chains `dvc repro` runs here; the guided chain's commands run in-process
 DVC = str(BIN / "dvc")
 # figures that depend only on seeds and parameters (wall-clock figures differ from run to run)
 DETERMINISTIC = ("teacher_fid", "teacher_fid_train", "teacher_class_acc", "teacher_nfe", "student_fid",
@@ -44,11 +45,17 @@ def _sh(args, cwd, env, check=True) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def dvc_repo(tmp_path_factory):
-    """A git + DVC repo holding the project's dvc.yaml and components/, with tiny parameters, after its first
-    `dvc repro` -> (repo, env, that repro's stdout, its metrics.json). Built once per session (shared_once)."""
+    """A git + DVC repo holding the project's dvc.yaml and components/, with tiny parameters (the CTM and guided
+    chains' params files too), after its first `dvc repro` of the DMD2 and CTM chains -> (repo, env, that
+    repro's stdout, its metrics.json). Built once per session (shared_once)."""
     def build(repo):
         shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
         shutil.copy(ROOT / "params_ctm.yaml", repo / "params_ctm.yaml")
+        # the guided chain at tiny size: the same keys as params_guided.yaml, 8 -> 4 -> 2 steps (two halvings,
+        # as dvc.yaml's halve stages), a few iterations each
+        guided = yaml.safe_load((ROOT / "params_guided.yaml").read_text())
+        guided["distill"].update(iterations=4, sampling_steps=8, target_steps=2, halving={"iterations": 2})
+        (repo / "params_guided.yaml").write_text(yaml.safe_dump(guided, sort_keys=False))
         shutil.copytree(ROOT / "components", repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
         materialize_digits(repo / "data" / "digits.npz")
         (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(repo / "data" / "digits.npz"), sort_keys=False))
@@ -57,7 +64,7 @@ def dvc_repo(tmp_path_factory):
                    GIT_COMMITTER_EMAIL="t@t")
         _sh(["git", "init", "-q"], repo, env)
         _sh([DVC, "init", "-q"], repo, env)
-        first = _sh([DVC, "repro"], repo, env)
+        first = _sh([DVC, "repro", *CHAINS], repo, env)     # the guided chain: test_the_guided_chain_... below
         return {"repo": str(repo), "env": env, "stdout": first.stdout,
                 "metrics": json.loads((repo / "metrics.json").read_text())}
 
@@ -94,9 +101,9 @@ def test_dvc_repro_builds_everything_then_does_nothing(dvc_repo):
                                                                            for g in (0.0, 0.5, 1.0)}
     assert (repo / "artifacts" / "ctm" / "student" / "s_embedding.safetensors").is_file()
 
-    second = _sh([DVC, "repro"], repo, env)
+    second = _sh([DVC, "repro", *CHAINS], repo, env)
     assert "Running stage" not in second.stdout
-    assert "Data and pipelines are up to date" in _sh([DVC, "status"], repo, env).stdout
+    assert "Data and pipelines are up to date" in _sh([DVC, "status", *CHAINS, "--with-deps"], repo, env).stdout
 
     shown = json.loads(_sh([DVC, "metrics", "show", "--json"], repo, env).stdout)
     assert "student_fid" in json.dumps(shown)
@@ -109,15 +116,52 @@ def test_a_changed_parameter_reruns_only_its_stage(dvc_repo):
     _sh(["git", "add", "-A"], repo, env)
     _sh(["git", "commit", "-qm", "baseline"], repo, env)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["evaluation"]["seed"] = 1
+    params["gate"]["excess_fid_ratio_max"] = 3.5                     # read by the export stages only
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = _sh([DVC, "status"], repo, env).stdout
-    assert "evaluate:" in status and "teacher_eval:" in status and "teacher:" not in status
-    r = _sh([DVC, "repro", "evaluate"], repo, env)          # the DMD2 chain's (evaluate_ctm would rerun alike)
-    assert "Running stage 'teacher_eval'" in r.stdout and "Running stage 'evaluate'" in r.stdout
-    assert "Running stage 'teacher'" not in r.stdout and "Running stage 'distill'" not in r.stdout
-    diff = json.loads(_sh([DVC, "metrics", "diff", "--json"], repo, env).stdout)
-    assert "student_fid" in diff["metrics.json"]
+    status = _sh([DVC, "status", *CHAINS], repo, env).stdout
+    assert "export:" in status and "export_ctm:" in status and "evaluate:" not in status and "teacher:" not in status
+    r = _sh([DVC, "repro", "export"], repo, env)            # the DMD2 chain's (export_ctm would rerun alike)
+    assert "Running stage 'export'" in r.stdout and "Running stage 'evaluate'" not in r.stdout
+    assert "Running stage 'distill'" not in r.stdout and "quality gate: REJECTED" in r.stdout
+    diff = json.loads(_sh([DVC, "params", "diff", "--json"], repo, env).stdout)
+    assert {k: diff["params.yaml"]["gate.excess_fid_ratio_max"][k] for k in ("old", "new")} == {"old": 4.0, "new": 3.5}
+
+
+def test_the_guided_chain_runs_the_commands_dvc_yaml_gives(dvc_repo, monkeypatch, one_thread):
+    """dvc.yaml's guided chain (params_guided.yaml), as DVC reads it: the guided stage, one halve stage per
+    halving (a foreach), the evaluate and export stages, in a chain; each stage's command (interpolated by DVC)
+    then runs in-process - the stage CLI `dvc repro` would launch, without a process start per stage (test time)."""
+    import shlex
+
+    import networkx as nx
+    from dvc.repo import Repo
+
+    from components import stages
+
+    repo, env, _, metrics = dvc_repo
+    chain = ["distill_guided", "halve@1", "halve@2", "evaluate_guided", "export_guided"]
+    with Repo(str(repo)) as dvc:
+        by_name = {s.name: s for s in dvc.index.stages}
+        commands = [by_name[n].cmd for n in chain]
+        graph = dvc.index.graph                          # edges: stage -> the stages whose outputs it reads
+        for later, earlier in zip(chain[1:], chain):
+            assert nx.has_path(graph, by_name[later], by_name[earlier]), (later, earlier)
+    assert "--halving 2 " in commands[2] and "--teacher artifacts/guided/student_1" in commands[2]
+    monkeypatch.chdir(repo)
+    for command in commands:
+        assert stages.main(shlex.split(command)[3:]) == 0, command
+    guided = json.loads((repo / "metrics_guided.json").read_text())
+    assert guided["teacher_fid"] == metrics["teacher_fid"] and guided["student_nfe"] == 2
+    steps = {k: len(json.loads((repo / "artifacts" / "guided" / f"student_{k}" / "denoiser.json").read_text())
+                    ["sampling"]["sigmas"]) - 1 for k in range(3)}
+    assert steps == {0: 8, 1: 4, 2: 2}                                 # params_guided.yaml here: 8 -> 4 -> 2
+    sweep = json.loads((repo / "artifacts" / "guided" / "eval" / "guidance_sweep.json").read_text())
+    assert {p["model"] for p in sweep} == {"teacher (CFG)", "student, 8-step", "student, 4-step", "student, 2-step"}
+    report = (repo / "artifacts" / "guided" / "report" / "run_report.html").read_text()
+    assert "FID and class accuracy vs guidance w" in report
+    # a halve stage that does not match the chain is one line, nothing written
+    bad = shlex.split(commands[2].replace("--halving 2", "--halving 3").replace("student_2", "student_x"))[3:]
+    assert stages.main(bad) == 1 and not (repo / "artifacts" / "guided" / "student_x").exists()
 
 
 def test_data_stage_refuses_bad_data_and_writes_nothing(tmp_path, capsys):
@@ -158,7 +202,8 @@ def test_the_teacher_is_scored_once_and_only_its_own_figures_are_used(dvc_repo, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]          # nothing written
 
 
-# last in the file: it waits for the session's ZenML runs if the other worker is still making them
+# on the worker that makes the session's ZenML runs (their group), so the DVC group's worker never waits for them
+@pytest.mark.xdist_group("zenml_store")
 def test_dvc_and_zenml_give_the_same_figures(dvc_repo, pipeline_runs):
     """Same components, same parameter values (tiny.yaml over params.yaml; the gate differs and changes
     no figure), same data bytes, same seeds -> the same numbers as the shared ZenML run."""

@@ -1,7 +1,7 @@
 """Browser review: the local ZenML dashboard shows the latest dmd2_pipeline run and its report.
 
-The session's tiny dmd2_pipeline runs (tests/conftest.py `pipeline_runs`: rejected, passed, and
-passed again on changed data) live in an isolated ZenML store (ZENML_CONFIG_PATH and the repository
+The session's tiny runs (tests/conftest.py `pipeline_runs`: a rejected dmd2_pipeline run, two guided_pipeline
+runs, and a dmd2_pipeline run that passed on changed data) live in an isolated ZenML store (ZENML_CONFIG_PATH and the repository
 under a temp folder; nothing touches ~/.config/zenml or the repo's .zen). `zenml login --local`
 starts the dashboard for that store and headless Debian
 chromium (Playwright, executable_path) finds the newest run in the pipeline's runs table, opens
