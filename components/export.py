@@ -29,13 +29,29 @@ def check_export_target(target: str | os.PathLike, overwrite: bool) -> Path:
     return target
 
 
+def _figure_rows(card: dict) -> str:
+    """The model card's figures table rows; wall-clock figures vary from run to run: leaving them out keeps the
+    folder reproducible."""
+    return "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                     for k, v in card.get("metrics", {}).items() if isinstance(v, (int, float, str))
+                     and not k.endswith("_seconds") and k != "sampling_speedup")
+
+
+def _provenance(card: dict) -> str:
+    """The model card's provenance section: data, code, config."""
+    return f"""## Provenance
+- data: `{card.get('data_path', '')}` (DVC md5 `{card.get('data_md5', '')}`)
+- code: git `{card.get('git_commit') or 'see dvc.lock'}`
+- config:
+```json
+{json.dumps(card.get('config', {}), indent=1, sort_keys=True)}
+```
+"""
+
+
 def model_card(card: dict) -> str:
     """README.md of the exported folder: what it is, how good, from which data, how to use it."""
-    metrics = card.get("metrics", {})
-    # wall-clock figures vary from run to run: leaving them out keeps the folder reproducible
-    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-                     for k, v in metrics.items() if isinstance(v, (int, float, str))
-                     and not k.endswith("_seconds") and k != "sampling_speedup")
+    rows = _figure_rows(card)
     steps = card.get("num_inference_steps", 1)
     timesteps = card.get("timesteps")
     call = f"timesteps={timesteps}" if timesteps else f"num_inference_steps={steps}"
@@ -81,14 +97,7 @@ is the null class (classifier-free guidance).
 |---|---|
 {rows}
 
-## Provenance
-- data: `{card.get('data_path', '')}` (DVC md5 `{card.get('data_md5', '')}`)
-- code: git `{card.get('git_commit') or 'see dvc.lock'}`
-- config:
-```json
-{json.dumps(card.get('config', {}), indent=1, sort_keys=True)}
-```
-"""
+{_provenance(card)}"""
 
 
 def ctm_section(card: dict) -> str:
@@ -204,10 +213,7 @@ def guided_card(card: dict) -> str:
     """README.md of a guided student's folder: how to sample it at any w (fewstep's loader; ONNX in numpy)."""
     sigmas = [float(v) for v in card.get("sampling", {}).get("sigmas", [80.0, 0.0])]
     steps, n_cls = len(sigmas) - 1, card.get("num_classes", 10)
-    metrics = card.get("metrics", {})
-    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-                     for k, v in metrics.items() if isinstance(v, (int, float, str))
-                     and not k.endswith("_seconds") and k != "sampling_speedup")
+    rows = _figure_rows(card)
     onnx = f"""`onnx/denoiser.onnx` is one network evaluation x_eta(z_t, t, w) (onnxruntime, no torch): inputs `sample`
 (N, C, H, W), `sigma` (N,), `class_labels` (N,) int64 and `w` (N,); output `denoised`. Deterministic DDIM
 on this student's levels:
@@ -255,14 +261,7 @@ Classes (label i): {', '.join(map(str, card.get('class_names', [])))}. Label {n_
 |---|---|
 {rows}
 
-## Provenance
-- data: `{card.get('data_path', '')}` (DVC md5 `{card.get('data_md5', '')}`)
-- code: git `{card.get('git_commit') or 'see dvc.lock'}`
-- config:
-```json
-{json.dumps(card.get('config', {}), indent=1, sort_keys=True)}
-```
-"""
+{_provenance(card)}"""
 
 
 def card_fields(method: str, metrics: dict, class_names: list, data_path: str, data_md5: str, config: dict,
