@@ -18,6 +18,7 @@ from pathlib import Path
 from components.atomic import atomic_dir
 from components.config import ConfigError
 from components.diffusion.denoiser import DENOISER_FILE, S_EMBEDDING_FILE, CTMDenoiser, EDMDenoiser, GuidedDenoiser
+from components.diffusion.routed import ROUTING_FILE, RoutedDenoiser
 from components.onnx_export import export_guided_onnx, export_onnx
 
 
@@ -163,6 +164,8 @@ def export_student(student: EDMDenoiser, target: str | os.PathLike, card: dict |
 
     if isinstance(student, GuidedDenoiser):
         return export_guided(student, target, card, overwrite, onnx)
+    if isinstance(student, RoutedDenoiser):
+        return export_routed(student, target, card, overwrite, onnx)
     if not isinstance(student, EDMDenoiser):
         raise ConfigError(f"export: a {student.kind!r} student cannot be written as a ConsistencyModelPipeline "
                           "(expected EDM preconditioning)")
@@ -260,6 +263,92 @@ Classes (label i): {', '.join(map(str, card.get('class_names', [])))}. Label {n_
 | metric | value |
 |---|---|
 {rows}
+
+{_provenance(card)}"""
+
+
+def export_routed(student: RoutedDenoiser, target: str | os.PathLike, card: dict | None = None,
+                  overwrite: bool = False, onnx: bool = True) -> Path:
+    """A routed bundle (Multi-Student Distillation): student_<k>/ = export_student's stock-diffusers folder of each
+    student (its own card; onnx/model.onnx for one-step students), routing.json (class subsets, in order), and a
+    README.md whose loader needs only diffusers. Temp folder, then rename."""
+    target = check_export_target(target, overwrite)
+    card = dict(card or {})
+    with atomic_dir(target) as tmp:
+        for k, (s, subset) in enumerate(zip(student.students, student.subsets)):
+            export_student(s, tmp / f"student_{k}", {**card, "name": f"{card.get('name', 'fewstep student')} {k} of "
+                                                     f"{len(student.students)} (classes {subset})"}, onnx=onnx)
+        (tmp / ROUTING_FILE).write_text(json.dumps(student.config(), indent=1))
+        sigmas = [float(v) for v in student.sampling["sigmas"]]
+        timesteps = cm_timesteps(sigmas, student.sigma_min, sigmas[0]) if len(sigmas) > 2 else None
+        (tmp / "README.md").write_text(routed_card({**card, "num_classes": student.num_classes, "subsets": student.subsets,
+                                                    "timesteps": timesteps, "onnx": onnx and timesteps is None}))
+    return target
+
+
+def routed_card(card: dict) -> str:
+    """README.md of a routed bundle: what it is, the diffusers-only loader (a mixed batch routed by class and put back
+    in order), ONNX per student, figures of the bundle as one model, provenance."""
+    subsets, n_cls = card.get("subsets", []), card.get("num_classes", 10)
+    timesteps = card.get("timesteps")
+    call = f"timesteps={timesteps}, num_inference_steps=None" if timesteps else "num_inference_steps=1"
+    rows = "\n".join(f"| `student_{k}/` | {', '.join(map(str, s))} |" for k, s in enumerate(subsets))
+    onnx = ("Each one-step student also has `student_<k>/onnx/model.onnx` (onnxruntime, no torch; its own card "
+            "shows the call)." if card.get("onnx") else "No ONNX copies: ONNX export covers one-step students.")
+    same = ("" if timesteps else " With one step the images equal fewstep's sampler's run per student with the "
+            "same seeds (`generate(student_k, labels of its rows, seed + k)`).")
+    return f"""---
+library_name: diffusers
+tags: [fewstep, distillation, msd, multi-student-distillation, consistency-model-pipeline]
+---
+# {card.get('name', 'fewstep MSD bundle')}
+
+{len(subsets)} class-conditional few-step students distilled with **Multi-Student Distillation** (Song et al. 2024;
+DMD2's losses per class subset) from a {card.get("teacher_nfe", "?")}-NFE teacher by fewstep. Each student owns
+a subset of the classes; `routing.json` says which. Every `student_<k>/` is a stock diffusers
+`ConsistencyModelPipeline` folder; this loader needs only diffusers and torch:
+
+```python
+import json, torch
+from diffusers import ConsistencyModelPipeline
+
+folder = "<this folder>"
+table = json.load(open(f"{{folder}}/routing.json"))
+pipes = [ConsistencyModelPipeline.from_pretrained(f"{{folder}}/{{name}}") for name in table["students"]]
+owner = {{c: k for k, subset in enumerate(table["subsets"]) for c in subset}}
+
+
+def sample(class_labels, seed=0):
+    \"\"\"Images (N, H, W, C) in [0, 1] for any mix of labels, in the order given.\"\"\"
+    labels = torch.as_tensor(class_labels)
+    images = None
+    for k, pipe in enumerate(pipes):                 # student k: its rows, its noise from seed + k
+        rows = torch.tensor([i for i, c in enumerate(labels.tolist()) if owner[c] == k], dtype=torch.long)
+        if len(rows):
+            out = pipe(batch_size=len(rows), class_labels=labels[rows], generator=torch.Generator().manual_seed(seed + k),
+                       {call}, output_type="np").images
+            images = images if images is not None else torch.zeros((len(labels), *out.shape[1:]))
+            images[rows] = torch.from_numpy(out)
+    return images
+
+
+images = sample([0, 5, 3, 3, 9], seed=0)
+```
+{same}
+
+{onnx}
+
+| student | classes |
+|---|---|
+{rows}
+
+Label {n_cls} is the null class of each student (classifier-free guidance); the router takes labels 0..{n_cls - 1}.
+fewstep's own loader reads the bundle as one model: `components.diffusion.load_denoiser("<this folder>")`.
+
+## Figures (the bundle as one model)
+| metric | value |
+|---|---|
+{_figure_rows(card)}
 
 {_provenance(card)}"""
 

@@ -58,6 +58,10 @@ def resolve_config(**sections: Any) -> RunConfig:
                           "guided chain: distill.method guided with distill.target_steps (pipelines.guided_pipeline, "
                           "docs/guided.md)")
     check_gate_config(cfg.gate)
+    if cfg.distill.method == "msd" and cfg.data.classes:     # the declared classes: the partition checked now
+        from components.methods.msd import class_subsets
+
+        class_subsets([1] * len(cfg.data.classes), cfg.distill.students, cfg.distill.partition)
     if cfg.evaluation.feature_net == "inception" and not cfg.evaluation.inception_download:
         from components.metrics.extractors import inception_weights
 
@@ -80,9 +84,15 @@ def merge(base: dict, override: Any) -> dict:
 def merge_distill(base: dict, override: dict) -> dict:
     """A distill section with overrides. An override naming another method (method: ctm over a dmd2
     section) keeps only the base's method-independent keys (DistillConfig's: iterations, seed,
-    checkpoints, ...): the other method's keys do not apply to it."""
-    if (override or {}).get("method", base.get("method")) != base.get("method", "dmd2"):
-        base = {k: v for k, v in base.items() if k in DistillConfig.model_fields and k != "method"}
+    checkpoints, ...): the other method's keys do not apply to it. A method whose Config extends the base's
+    (method: msd over a dmd2 section: DMD2 per class subset) keeps all of the base's keys."""
+    new, old = (override or {}).get("method", base.get("method")), base.get("method", "dmd2")
+    if new != old:
+        from components.methods import METHODS
+
+        extends = new in METHODS and old in METHODS and issubclass(METHODS[new].Config, METHODS[old].Config)
+        keep = METHODS[old].Config.model_fields if extends else DistillConfig.model_fields
+        base = {k: v for k, v in base.items() if k in keep and k != "method"}
     return merge(base, override)
 
 

@@ -282,9 +282,17 @@ class VPDenoiser(Denoiser):
         return {**super().config(), "prediction_type": self.prediction_type}
 
 
+# kind -> (the file that marks its folder, save(denoiser, directory), load(directory, what)): models made of other
+# denoisers register here (components/diffusion/routed.py, imported with the package), so this module imports none
+FOLDER_FORMATS: dict[str, tuple] = {}
+
+
 def save_denoiser(denoiser: Denoiser, directory: str | Path, extra: dict | None = None) -> None:
-    """Diffusers layout: unet/ (config + safetensors), scheduler/ (scheduler_config.json), denoiser.json."""
+    """Diffusers layout: unet/ (config + safetensors), scheduler/ (scheduler_config.json), denoiser.json.
+    A routed student (components/diffusion/routed.py): one such folder per student + routing.json."""
     directory = Path(directory)
+    if denoiser.kind in FOLDER_FORMATS:                   # e.g. a routed student (components/diffusion/routed.py)
+        return FOLDER_FORMATS[denoiser.kind][1](denoiser, directory)
     denoiser.unet.save_pretrained(directory / "unet", safe_serialization=True)
     if isinstance(denoiser, EDMDenoiser):
         from diffusers import CMStochasticIterativeScheduler
@@ -316,6 +324,9 @@ def load_denoiser(directory: str | Path, num_classes: int | None = None, what: s
     if not directory.is_dir():
         raise ConfigError(f"{what} '{directory}': no such folder (expected a diffusers folder "
                           "with unet/ and scheduler/scheduler_config.json)")
+    for marker, _, load in FOLDER_FORMATS.values():      # e.g. routing.json: a routed student
+        if (directory / marker).is_file():
+            return load(directory, what)
     sched_file = directory / "scheduler" / "scheduler_config.json"
     if not (directory / "unet" / "config.json").is_file() or not sched_file.is_file():
         raise ConfigError(f"{what} '{directory}': missing unet/config.json or "

@@ -6,18 +6,20 @@ name), added to METHODS. The trainer (components/methods/trainer.py) runs every 
 from __future__ import annotations
 
 from components.config import ConfigError, DistillConfig, parse_section
+from components.diffusion.routed import check_partition
 from components.methods.ctm import CTM, CTMConfig
 from components.methods.dmd2 import DMD2, DMD2Config
 from components.methods.guided import GuidedConfig, GuidedDistillation
 from components.methods.interface import Method
+from components.methods.msd import MSD, MSDConfig
 from components.methods.progressive import Progressive, ProgressiveConfig, halvings
 from components.methods.trainer import DivergenceError, distill
 
 METHODS: dict[str, type[Method]] = {"dmd2": DMD2, "ctm": CTM, "guided": GuidedDistillation,
-                                     "progressive": Progressive}
+                                     "progressive": Progressive, "msd": MSD}
 # which ZenML pipeline runs which distill.method; progressive runs only as the halvings of a guided chain
 # (distill.method guided with distill.target_steps: components/methods/progressive.py, halvings)
-PIPELINES = {"dmd2_pipeline": ("dmd2", "ctm"), "guided_pipeline": ("guided",)}
+PIPELINES = {"dmd2_pipeline": ("dmd2", "ctm"), "guided_pipeline": ("guided",), "msd_pipeline": ("msd",)}
 PIPELINE_METHODS = tuple(m for methods in PIPELINES.values() for m in methods)
 
 
@@ -52,16 +54,28 @@ def parse_distill_config(values: dict | DistillConfig | None) -> DistillConfig:
                           f"distill.log_every ({cfg.log_every})")
     if isinstance(cfg, GuidedConfig):
         halvings(cfg)                            # the chain's bookkeeping and each halving's config, checked now
+    if isinstance(cfg, MSDConfig) and cfg.partition is not None:
+        if len(cfg.partition) != cfg.students:   # the classes are checked against the data's (msd.partition)
+            raise ConfigError(f"config field 'distill.partition': {len(cfg.partition)} subset(s) but "
+                              f"distill.students is {cfg.students}; give one subset per student")
+        check_partition(cfg.partition)
     return cfg
 
 
-def build_method(teacher, cfg: DistillConfig | dict, data, pairs=None) -> Method:
-    """The configured method on (teacher, data); `pairs` = TeacherPairs for regression / warm start.
+def build_method(teacher, cfg: DistillConfig | dict, data, pairs=None, init=None) -> Method:
+    """The configured method on (teacher, data); `pairs` = TeacherPairs for regression / warm start; `init` = the
+    network the generator starts from instead of the teacher (DMD2 and MSD: a previous stage's student).
     A plain dict (tests, benchmarks) is validated first; a section from load_params is used as is."""
     cfg = cfg if isinstance(cfg, DistillConfig) else parse_distill_config(cfg)
-    return method_class(cfg.method)(teacher, cfg, data, pairs)
+    cls = method_class(cfg.method)
+    if init is None:
+        return cls(teacher, cfg, data, pairs)
+    if not issubclass(cls, DMD2):
+        raise ConfigError(f"config field 'distill.method': {cfg.method} starts from the teacher; only dmd2 and msd "
+                          "take a starting generator (init)")
+    return cls(teacher, cfg, data, pairs, init=init)
 
 
 __all__ = ["METHODS", "PIPELINES", "PIPELINE_METHODS", "check_pipeline", "CTM", "CTMConfig", "DMD2", "DMD2Config", "DistillConfig", "DivergenceError", "GuidedConfig",
-           "GuidedDistillation", "Method", "Progressive", "ProgressiveConfig",
+           "GuidedDistillation", "MSD", "MSDConfig", "Method", "Progressive", "ProgressiveConfig",
            "build_method", "distill", "method_class", "parse_distill_config"]

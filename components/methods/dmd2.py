@@ -116,8 +116,9 @@ class DiscriminatorHead(nn.Module):
 class DMD2(Method):
     Config = DMD2Config
 
-    def __init__(self, teacher: Denoiser, cfg: DMD2Config, data: ImageDataset, pairs=None):
-        super().__init__(teacher, cfg, data, pairs)
+    def __init__(self, teacher: Denoiser, cfg: DMD2Config, data: ImageDataset, pairs=None,
+                 init: Denoiser | None = None):
+        super().__init__(teacher, cfg, data, pairs, init)
         T = cfg.num_train_timesteps
         if cfg.min_step_percent >= cfg.max_step_percent:
             raise ConfigError("config fields 'distill.min_step_percent' < 'distill.max_step_percent' required")
@@ -139,7 +140,8 @@ class DMD2(Method):
         dev = self.device
         self.real = copy.deepcopy(teacher).to(dev).eval().requires_grad_(False)   # mu_real, frozen
         self.fake = copy.deepcopy(teacher).to(dev).train().requires_grad_(True)   # mu_fake
-        self.G = copy.deepcopy(teacher).to(dev).train().requires_grad_(True)      # generator
+        # generator: a copy of the teacher, or of `init` (e.g. MSD's smaller student from its previous stage)
+        self.G = copy.deepcopy(init if init is not None else teacher).to(dev).train().requires_grad_(True)
         self.G_ema = ema_model(self.G, cfg.ema_decay) if cfg.ema_decay > 0 else None   # AveragedModel
         self.gan = cfg.w_gen > 0 or cfg.w_D > 0
         with torch.no_grad():

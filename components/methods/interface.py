@@ -1,6 +1,6 @@
 """The one interface every distillation method implements.
 
-build from (teacher, config, data, pairs) -> train_step(batch) -> dict of scalar logs;
+build from (teacher, config, data, pairs[, init]) -> train_step(batch) -> dict of scalar logs;
 state_dict() / load_state_dict() for checkpoints; student() for evaluation and export (its
 `.sampling` recipe says how to sample it). Losses are functions with the paper's symbols
 returning per-sample values; the reduction lives in train_step. The config a method reads is its
@@ -32,12 +32,14 @@ class Method(ABC):
 
     Config: type[DistillConfig] = DistillConfig
 
-    def __init__(self, teacher: Denoiser, cfg: DistillConfig, data: ImageDataset, pairs=None):
+    def __init__(self, teacher: Denoiser, cfg: DistillConfig, data: ImageDataset, pairs=None,
+                 init: Denoiser | None = None):
         self.cfg, self.data, self.pairs = cfg, data, pairs
         self.device = select_device(cfg.device)
         self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"
                                                and torch.cuda.is_bf16_supported())
         self.teacher_sha256 = state_hash(teacher)
+        self.init_sha256 = state_hash(init) if init is not None else None   # the generator's start, when not the teacher
         self.world = current_world()        # data-parallel ranks (components/distributed.py); 1 without torchrun
         self.step = 0
 
@@ -99,8 +101,11 @@ class Method(ABC):
                 code.update(inspect.getsource(sys.modules[cls.__module__]).encode())
         pairs = hashlib.sha256(self.pairs.images.numpy().tobytes()).hexdigest() if self.pairs is not None else None
         config = {k: v for k, v in self.cfg.model_dump(mode="json").items() if k not in RESUME_IGNORES}
-        return {"distill": config, "teacher_sha256": self.teacher_sha256, "pairs_sha256": pairs,
-                "code_sha256": code.hexdigest()}
+        out = {"distill": config, "teacher_sha256": self.teacher_sha256, "pairs_sha256": pairs,
+               "code_sha256": code.hexdigest()}
+        if self.init_sha256 is not None:
+            out["init_sha256"] = self.init_sha256
+        return out
 
 
 def _finite(t: torch.Tensor) -> bool:

@@ -13,7 +13,8 @@ from components.methods.dmd2 import (critic_gan_loss, distribution_matching_loss
 BASE = dict(lr_gen=2e-4, lr_fake=2e-4, w_gen=3e-3, w_D=1e-2, gan_max_step_percent=1.0)
 SHARED = dict(iterations=8, batch_size=16, seed=0, log_every=4, checkpoint_every=0, fid_every=0)
 TINY = dict(**SHARED, **BASE)
-CONTRACT = {"dmd2": TINY, "ctm": SHARED, "guided": SHARED, "progressive": SHARED}  # each method's tiny config
+CONTRACT = {"dmd2": TINY, "ctm": SHARED, "guided": SHARED, "progressive": SHARED,  # each method's tiny config
+            "msd": {**TINY, "students": 2, "subset": 1}}                        # MSD: one subset's student
 
 
 def _teacher(name, tiny_teacher):
