@@ -17,6 +17,8 @@
 
 A guided chain (params_guided.yaml: distill.method guided with target_steps) is `distill` for stage 1, then
 `distill --halving K --teacher <the previous student>` per halving, then `evaluate --sweep <every student>`.
+Multi-student distillation (params_msd.yaml: distill.method msd) is `distill --subset K` per class subset (that
+branch's stages in order), then `route --students <the K folders>` (the routed bundle), then evaluate / export.
 
 Each stage writes into a temp folder beside its output and renames it when done, so a failed or
 killed stage leaves nothing half-written. Two stages resume instead: `pairs` keeps its finished
@@ -132,6 +134,38 @@ def _stage_config(cfg: RunConfig, halving: int, teacher) -> dict:
     return config
 
 
+def _branch_configs(cfg: RunConfig, a: argparse.Namespace, teacher) -> list[tuple[str, dict]]:
+    """(stage name, distill config) to run in order: the configured method's one ('' name), the --halving K of a
+    guided chain, or with --subset K the stages of an MSD fan-out branch (components/methods/msd.py)."""
+    if cfg.distill.method != "msd":
+        if a.subset is not None:
+            raise ConfigError(f"--subset {a.subset}: distill.method is {cfg.distill.method!r}; subsets belong to "
+                              "multi-student distillation (distill.method msd)")
+        return [("", _stage_config(cfg, a.halving, teacher))]
+    from components.methods.msd import branches
+
+    if a.subset is None or not 0 <= a.subset < cfg.distill.students:
+        raise ConfigError(f"--subset: distill.method msd trains one subset per stage run; give --subset K with K in "
+                          f"0..{cfg.distill.students - 1} (dvc.yaml's foreach stage distill_msd does)")
+    return branches(cfg.distill)[a.subset]
+
+
+def stage_route(cfg: RunConfig, a: argparse.Namespace) -> None:
+    """MSD's join: the branches' students (--students, comma-separated, in subset order) behind one router."""
+    from components.data import ImageDataset
+    from components.diffusion import load_denoiser, save_denoiser
+    from components.methods.msd import route
+
+    if cfg.distill.method != "msd":
+        raise ConfigError(f"stage route: distill.method is {cfg.distill.method!r}; it joins an MSD fan-out "
+                          "(distill.method msd)")
+    students = [load_denoiser(p, what="--students") for p in a.students.split(",") if p]
+    routed = route(students, cfg.distill, ImageDataset.load(a.dataset))
+    with atomic_dir(a.out) as tmp:
+        save_denoiser(routed, tmp)
+    print(f"routed student: {len(students)} students, subsets {routed.subsets} -> {a.out}")
+
+
 def stage_distill(cfg: RunConfig, a: argparse.Namespace) -> None:
     from components.data import ImageDataset
     from components.diffusion import load_denoiser, save_denoiser, state_hash
@@ -147,18 +181,24 @@ def stage_distill(cfg: RunConfig, a: argparse.Namespace) -> None:
         teacher = load_denoiser(a.teacher, what="teacher")
         pairs = load_pairs(a.pairs, state_hash(teacher), what=f"--pairs '{a.pairs}'") if a.pairs else None
         Path(a.checkpoints).mkdir(parents=True, exist_ok=True)      # a DVC out even with checkpoints off
-        method = build_method(teacher, {**_stage_config(cfg, a.halving, teacher), "checkpoint_dir": a.checkpoints},
-                              dataset, pairs)
-        callback = None
-        if world.is_main:            # the student's FID at checkpoints: rank 0 only (the ranks hold the same G)
-            callback = checkpoint_fid(method, net, _references(cfg, dataset, net), cfg.evaluation.extractor(),
-                                      cfg.evaluation.num_samples, batch_size=cfg.evaluation.batch_size)
-        t0 = time.perf_counter()
-        history = distill(method, callback=callback)
+        student, history, offset = None, [], 0
+        for name, config in _branch_configs(cfg, a, teacher):       # one stage; an MSD branch: its stages in order
+            method = build_method(teacher, {**config, "checkpoint_dir": a.checkpoints}, dataset, pairs, student)
+            callback = None
+            if world.is_main:        # the student's FID at checkpoints: rank 0 only (the ranks hold the same G)
+                callback = checkpoint_fid(method, net, _references(cfg, dataset, net), cfg.evaluation.extractor(),
+                                          cfg.evaluation.num_samples, batch_size=cfg.evaluation.batch_size)
+            t0 = time.perf_counter()
+            rows = distill(method, callback=callback)
+            history += [{**r, "iteration": offset + r["iteration"], **({"stage": name} if name else {})} for r in rows]
+            offset += method.cfg.iterations
+            if world.is_main:
+                print(f"distillation{f' ({name})' if name else ''}: {time.perf_counter() - t0:.0f} s on "
+                      f"{world.size} process(es)")
+            student = method.student()
         if world.is_main:
-            print(f"distillation: {time.perf_counter() - t0:.0f} s on {world.size} process(es)")
             with atomic_dir(a.out) as tmp:
-                save_denoiser(method.student(), tmp)
+                save_denoiser(student, tmp)
             write_csv(a.plots, history)
         world.barrier()
     finally:
@@ -310,6 +350,7 @@ STAGES: dict[str, tuple[Callable[[RunConfig, argparse.Namespace], None], tuple[s
     "teacher": (stage_teacher, ("dataset", "plots")),
     "pairs": (stage_pairs, ("teacher",)),
     "distill": (stage_distill, ("dataset", "teacher", "features", "pairs", "checkpoints", "plots")),
+    "route": (stage_route, ("dataset", "students")),
     "teacher_eval": (stage_teacher_eval, ("dataset", "features", "teacher")),
     "evaluate": (stage_evaluate, ("dataset", "features", "teacher", "teacher_eval", "student", "metrics", "plots")),
     "export": (stage_export, ("dataset", "student", "metrics", "eval", "report")),
@@ -330,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--halving", type=int, default=0, help="distill: the K-th halving (1, 2, ...) of a guided chain "
                     "(distill.method guided with target_steps) on --teacher, the previous student; 0: the configured "
                     "method (a guided chain's stage 1)")
+    ap.add_argument("--subset", type=int, default=None, help="distill: the K-th class subset of multi-student "
+                    "distillation (distill.method msd): runs that branch's stages in order")
+    ap.add_argument("--students", default=None, help="route: the MSD branches' student folders in subset order, "
+                    "comma-separated")
     ap.add_argument("--sweep", default=None, help="evaluate: a guided chain's student folders, first to last, "
                     "comma-separated (the last is --student): FID and class accuracy vs evaluation.guidance_w")
     ap.add_argument("--out", required=True)

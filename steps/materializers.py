@@ -15,6 +15,7 @@ from components.data.validation import DataValidationReport
 from components.diffusion.denoiser import (CTMDenoiser, Denoiser, EDMDenoiser, GuidedDenoiser, VPDenoiser,
                                            load_denoiser, save_denoiser, state_hash)
 from components.diffusion.pairs import TeacherPairs, load_pairs, write_pairs
+from components.diffusion.routed import RoutedDenoiser
 from components.metrics.features import FeatureNet
 from components.metrics.fid import FeatureSet, ReferenceFeatures
 
@@ -42,9 +43,10 @@ class _FolderMaterializer(BaseMaterializer):
 
 
 class DenoiserMaterializer(_FolderMaterializer):
-    """A Denoiser as a diffusers folder: unet/ (safetensors), scheduler/, denoiser.json."""
+    """A Denoiser as a diffusers folder: unet/ (safetensors), scheduler/, denoiser.json (a routed student: one per
+    student + routing.json)."""
 
-    ASSOCIATED_TYPES = (Denoiser, EDMDenoiser, VPDenoiser, CTMDenoiser, GuidedDenoiser)
+    ASSOCIATED_TYPES = (Denoiser, EDMDenoiser, VPDenoiser, CTMDenoiser, GuidedDenoiser, RoutedDenoiser)
     ASSOCIATED_ARTIFACT_TYPE = ArtifactType.MODEL
 
     def _write(self, data: Denoiser, directory: str) -> None:

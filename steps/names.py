@@ -22,3 +22,4 @@ FID_VS_NFE_PLOT = "fid_vs_nfe"
 GUIDANCE_SWEEP = "guidance_sweep"          # FID and class accuracy vs w (guided chain)
 MODEL_NAME = "dmd2_student"        # the ZenML Model Control Plane entry each run adds a version to (dmd2_pipeline)
 GUIDED_MODEL_NAME = "guided_student"   # the same for guided_pipeline (another kind of model: w is an input)
+MSD_MODEL_NAME = "msd_student"     # the same for msd_pipeline (a routed bundle of K students)

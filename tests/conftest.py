@@ -41,6 +41,7 @@ TINY_TEACHER = dict(train_steps=20, batch_size=32, block_out_channels=(16, 32), 
 # (their own group) run beside the pipeline tests; only their last test waits for the ZenML runs.
 SHARED_GROUPS = {"tests/pipelines/test_dmd2_pipeline.py": "zenml_store",
                  "tests/pipelines/test_guided_pipeline.py": "zenml_store",
+                 "tests/pipelines/test_msd_pipeline.py": "zenml_store",
                  "tests/review/test_dashboard.py": "zenml_store",
                  "tests/components/test_onnx_export.py": "tests/components/test_export.py"}   # one export
 UNGROUPED: set[str] = set()          # files whose tests may spread over both workers

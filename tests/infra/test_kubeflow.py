@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 KUBEFLOW_CONFIG = ROOT / "configs" / "dmd2_kubeflow.yaml"
 GUIDED_KUBEFLOW_CONFIG = ROOT / "configs" / "guided_kubeflow.yaml"
+MSD_KUBEFLOW_CONFIG = ROOT / "configs" / "msd_kubeflow.yaml"
 PIPELINE_FILE = ROOT / "pipelines" / "dmd2_pipeline.py"
 DOCKERFILE = ROOT / "infra" / "docker" / "Dockerfile"
 INFRA_KEYS = {"settings", "environment", "steps", "secrets"}      # what may differ between local and kubeflow
@@ -197,8 +198,9 @@ def load_kfp(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def compiles(tmp_path_factory, digits_npz):
-    """Three compiles side by side, forked from one process (see FORK_DRIVER): the kubeflow config as is but
-    with the built-in digits from a temp file; the same without distill_step's node selector; `--no-gpus`."""
+    """Compiles side by side, forked from one process (see FORK_DRIVER): the kubeflow config as is but with the
+    built-in digits from a temp file; the same without distill_step's node selector; `--no-gpus`; the guided chain
+    and the MSD fan-out."""
     tmp = tmp_path_factory.mktemp("kfp")
     cfg = yaml.safe_load(KUBEFLOW_CONFIG.read_text())
     cfg["parameters"] = {**cfg["parameters"], "data": {"path": digits_npz}}
@@ -212,15 +214,20 @@ def compiles(tmp_path_factory, digits_npz):
     guided_cfg["parameters"] = {**guided_cfg["parameters"], "data": {"path": digits_npz}}
     guided = tmp / "guided_kubeflow.yaml"
     guided.write_text(yaml.safe_dump(guided_cfg))
+    msd_cfg = yaml.safe_load(MSD_KUBEFLOW_CONFIG.read_text())
+    msd_cfg["parameters"] = {**msd_cfg["parameters"], "data": {"path": digits_npz}}
+    msd = tmp / "msd_kubeflow.yaml"
+    msd.write_text(yaml.safe_dump(msd_cfg))
     runs = {"good": (good, ()), "no_selector": (no_selector, ()), "no_gpus": (good, ("--no-gpus",)),
-            "guided": (guided, ("--pipeline", "pipelines.guided_pipeline.guided_pipeline"))}
+            "guided": (guided, ("--pipeline", "pipelines.guided_pipeline.guided_pipeline")),
+            "msd": (msd, ("--pipeline", "pipelines.msd_pipeline.msd_pipeline"))}
     outs = {name: tmp / name / "out" / "dmd2_pipeline.yaml" for name in runs}
     cases = {name: ("infra.kubeflow.compile:main", compile_args(config, outs[name], *extra),
                     isolated_env(tmp / name / "zenml")) for name, (config, extra) in runs.items()}
     results = run_forked(tmp / "driver", cases, preload=COMPILE_PRELOAD, env=isolated_env(tmp / "driver" / "zenml"),
                          parallel=True, not_imported=["zenml"])
     for name, r in results.items():
-        r.update(out=outs[name], config=guided_cfg if name == "guided" else cfg)
+        r.update(out=outs[name], config={"guided": guided_cfg, "msd": msd_cfg}.get(name, cfg))
     yield results
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -337,6 +344,24 @@ def test_the_guided_chain_compiles_with_a_gpu_task_per_halving(compiles):
             "guidance_sweep_4_steps"} <= set(tasks)
     assert "halve_to_4" in tasks["evaluate_student"]["deps"] and "teacher_pairs" not in tasks   # no pairs used
     assert "halve_to_4" in tasks["export_model"]["deps"]
+
+
+def test_the_msd_fan_out_compiles_to_k_parallel_gpu_tasks(compiles):
+    """msd_pipeline with configs/msd_kubeflow.yaml: one task per student (K = distill.students = 4), each on one
+    GPU, each depending on the shared upstream steps and on no other branch; the join reads all K."""
+    r = compiles["msd"]
+    assert r["rc"] == 0, r["stderr"][-3000:]
+    tasks = load_kfp(r["out"])
+    branches = [f"student_{k}_dmd2" for k in range(r["config"]["parameters"]["distill"]["students"])]
+    assert len(branches) == 4 and gpu_steps_in_config(r["config"]) == set(branches)
+    for step, task in tasks.items():
+        accelerator = task["container"].get("resources", {}).get("accelerator")
+        assert bool(accelerator) == (step in branches), step
+    for b in branches:
+        assert {"teacher_step", "teacher_pairs"} <= set(tasks[b]["deps"])
+        assert not set(tasks[b]["deps"]) & set(branches)                 # parallel: no branch waits on another
+        assert b in tasks["route_students"]["deps"]
+    assert "route_students" in tasks["evaluate_student"]["deps"] and "route_students" in tasks["export_model"]["deps"]
 
 
 def test_gpu_steps_on_an_orchestrator_without_gpus_fail_cleanly(compiles):

@@ -71,18 +71,50 @@ def view(run):
     report = steps["report_step"].outputs["run_report"][0]
     out["report"], out["report_viz"] = str(report.load()), [str(v.type) for v in report.visualizations]
     out["wandb_run"] = steps["log_to_wandb"].outputs["output"][0].load()
-    out["history"] = steps["distill_step"].outputs["distill_history"][0].load()
+    first = "distill_step" if "distill_step" in steps else "route_students"     # msd_pipeline: the join
+    out["history"] = steps[first].outputs["distill_history"][0].load()
     if "guidance_sweep_teacher" in steps:
         last = max((n for n in steps if n.startswith("guidance_sweep_") and n.endswith("_steps")),
                    key=lambda n: -int(n.split("_")[2]))
         out["guidance"] = steps[last].outputs["guidance_sweep"][0].load()
         out["student_kinds"] = {n: s.outputs["student"][0].load().kind for n, s in steps.items()
                                 if n == "distill_step" or n.startswith("halve_to_")}
-    student = steps["distill_step"].outputs["student"][0]
+    if "route_students" in steps:
+        out["route_metadata"] = {k: v for k, v in steps["route_students"].run_metadata.items()}
+        out["branch_students"] = {n: sum(p.numel() for p in s.outputs["student"][0].load().parameters())
+                                  for n, s in steps.items() if n.startswith("student_")}
+        out["routed_subsets"] = steps["route_students"].outputs["student"][0].load().subsets
+    student = steps[first].outputs["student"][0]
     out["student_uri_files"] = sorted(p.name for p in pathlib.Path(student.uri).rglob("*") if p.is_file())
     return out
 print(json.dumps([view(Client().get_pipeline_run(name)) for name in sys.argv[1:]]))
 """
+
+
+# A tiny msd_pipeline: K = 2 smaller students (three stages each: tsm -> dm -> adv); 'msd_killed' is SIGKILLed as
+# branch 1's last stage starts (the local orchestrator runs the branches' stages level by level), 'msd' (the same
+# config) must rerun only that stage and what reads it.
+MSD_KILL_AT = "student_1_adv"
+MSD = {"method": "msd", "students": 2, "iterations": 2, "batch_size": 16, "dfake_gen_update_ratio": 2, "log_every": 1,
+       "fid_every": 0, "checkpoint_every": 0, "student_channels": [8, 16], "tsm_iterations": 2, "dm_iterations": 1}
+
+
+def run_until_step(env, config, pipeline: str, step: str) -> str:
+    """Start `zenml pipeline run` and SIGKILL it as soon as the step `step` has started (a node lost mid-run);
+    -> what it printed."""
+    proc = subprocess.Popen([ZENML, "pipeline", "run", f"pipelines.{pipeline}", "-c", str(config)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if f"`{step}` has started" in line:
+                proc.kill()
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    return "".join(lines)
 
 
 def inspect_runs(env, names: list[str]) -> list[dict]:
@@ -94,10 +126,12 @@ def inspect_runs(env, names: list[str]) -> list[dict]:
 
 
 def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
-    """Four tiny runs in `env`'s store -> {name: {"output", "info", "data", "data_md5", "run_name"}} (JSON):
+    """Six tiny runs in `env`'s store -> {name: {"output", "info", "data", "data_md5", "run_name"}} (JSON):
     'reject' (dmd2_pipeline; a gate no student passes); then guided_pipeline on the same data (upstream steps
     and teacher from the cache): 'guided' (GUIDED: 4 -> 2 steps; the gate passes and promotes) and
-    'guided_longer' (one more halving, -> 1 step: the rest from the cache); 'changed' (dmd2_pipeline, one pixel
+    'guided_longer' (one more halving, -> 1 step: the rest from the cache); msd_pipeline (MSD: K = 2 smaller
+    students) 'msd_killed' (killed as MSD_KILL_AT starts) then 'msd' (the same config: only the unfinished stage and
+    what follows run; passes, exports the bundle); 'changed' (dmd2_pipeline, one pixel
     of the data changed: everything re-runs; a CTM student; passes, promotes and exports with ONNX)."""
     from components.data.builtin import write_npz
     from components.data.versioning import dvc_md5
@@ -106,7 +140,7 @@ def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
     shutil.copy(digits_npz, data)
     runs = {}
     for name, gate in (("reject", REJECT_GATE), ("guided", PASS_GATE), ("guided_longer", PASS_GATE),
-                       ("changed", PASS_GATE)):
+                       ("msd_killed", PASS_GATE), ("msd", PASS_GATE), ("changed", PASS_GATE)):
         if name == "changed":
             with np.load(data) as z:
                 images, labels = z["images"].copy(), z["labels"].copy()
@@ -122,11 +156,19 @@ def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
             cfg["parameters"]["export"] = {"onnx": name == "guided"}     # its ONNX with w as an input, once
             cfg["parameters"]["distill"] = {**GUIDED, "checkpoint_dir": str(tmp / "checkpoints"),
                                             "target_steps": 1 if name == "guided_longer" else 2}
+        if name.startswith("msd"):                            # K students on the same teacher
+            cfg["parameters"]["distill"] = {**MSD, "checkpoint_dir": str(tmp / "checkpoints")}
+            cfg["parameters"]["export"] = {"onnx": False}        # ONNX per student: tests/components/test_msd.py
         cfg["run_name"] = f"tiny_{name}_{uuid.uuid4().hex[:8]}"      # found again by name, whatever else ran
         config.write_text(yaml.safe_dump(cfg))
+        if name == "msd_killed":
+            out = run_until_step({**env, "WANDB_MODE": "disabled"}, config, "msd_pipeline", MSD_KILL_AT)
+            assert f"`{MSD_KILL_AT}` has started" in out, out[-4000:]
+            runs[name] = {"output": out, "data": str(data), "data_md5": dvc_md5(data), "run_name": cfg["run_name"]}
+            continue
         # W&B is checked on the first run only (WANDB_MODE in the environment wins over tracking.wandb)
-        proc = run_zenml(env if name == "reject" else {**env, "WANDB_MODE": "disabled"}, config,
-                         "guided_pipeline" if name.startswith("guided") else "dmd2_pipeline")
+        pipeline = next((f"{m}_pipeline" for m in ("guided", "msd") if name.startswith(m)), "dmd2_pipeline")
+        proc = run_zenml(env if name == "reject" else {**env, "WANDB_MODE": "disabled"}, config, pipeline)
         assert proc.returncode == 0, (name, (proc.stdout + proc.stderr)[-4000:])
         runs[name] = {"output": proc.stdout + proc.stderr, "data": str(data), "data_md5": dvc_md5(data),
                       "run_name": cfg["run_name"]}

@@ -56,6 +56,9 @@ def dvc_repo(tmp_path_factory):
         guided = yaml.safe_load((ROOT / "params_guided.yaml").read_text())
         guided["distill"].update(iterations=4, sampling_steps=8, target_steps=2, halving={"iterations": 2})
         (repo / "params_guided.yaml").write_text(yaml.safe_dump(guided, sort_keys=False))
+        msd = yaml.safe_load((ROOT / "params_msd.yaml").read_text())      # K = 4 as dvc.yaml's foreach, tiny
+        msd["distill"].update(iterations=2, log_every=1, fid_every=0, checkpoint_every=0)
+        (repo / "params_msd.yaml").write_text(yaml.safe_dump(msd, sort_keys=False))
         shutil.copytree(ROOT / "components", repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
         materialize_digits(repo / "data" / "digits.npz")
         (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(repo / "data" / "digits.npz"), sort_keys=False))
@@ -162,6 +165,43 @@ def test_the_guided_chain_runs_the_commands_dvc_yaml_gives(dvc_repo, monkeypatch
     # a halve stage that does not match the chain is one line, nothing written
     bad = shlex.split(commands[2].replace("--halving 2", "--halving 3").replace("student_2", "student_x"))[3:]
     assert stages.main(bad) == 1 and not (repo / "artifacts" / "guided" / "student_x").exists()
+
+
+def test_the_msd_fan_out_runs_the_commands_dvc_yaml_gives(dvc_repo, monkeypatch, one_thread):
+    """dvc.yaml's MSD stages (params_msd.yaml), as DVC reads them: a foreach stage of 4 independent branches, the
+    join (route_msd) on all four, then evaluate and export; each command runs in-process (as the guided chain's)."""
+    import shlex
+
+    import networkx as nx
+    from dvc.repo import Repo
+
+    from components import stages
+    from components.diffusion import RoutedDenoiser, load_denoiser
+
+    repo, env, _, metrics = dvc_repo
+    fan = [f"distill_msd@{k}" for k in range(4)]
+    chain = [*fan, "route_msd", "evaluate_msd", "export_msd"]
+    with Repo(str(repo)) as dvc:
+        by_name = {s.name: s for s in dvc.index.stages}
+        commands = [by_name[n].cmd for n in chain]
+        graph = dvc.index.graph
+        for a in fan:
+            assert nx.has_path(graph, by_name["route_msd"], by_name[a])
+            assert not any(nx.has_path(graph, by_name[a], by_name[b]) for b in fan if b != a)   # independent
+        assert nx.has_path(graph, by_name["export_msd"], by_name["route_msd"])
+    assert "--subset 2 " in commands[2]
+    monkeypatch.chdir(repo)
+    for command in commands:
+        assert stages.main(shlex.split(command)[3:]) == 0, command
+    routed = load_denoiser(repo / "artifacts" / "msd" / "student")
+    assert isinstance(routed, RoutedDenoiser) and len(routed.students) == 4
+    assert sorted(c for s in routed.subsets for c in s) == list(range(10))
+    got = json.loads((repo / "metrics_msd.json").read_text())
+    assert got["teacher_fid"] == metrics["teacher_fid"] and got["student_nfe"] == 1
+    assert (repo / "models" / "msd_student").is_dir()
+    # a subset outside the fan-out is one line, nothing written
+    bad = shlex.split(commands[0].replace("--subset 0", "--subset 4").replace("student_0", "student_x"))[3:]
+    assert stages.main(bad) == 1 and not (repo / "artifacts" / "msd" / "student_x").exists()
 
 
 def test_data_stage_refuses_bad_data_and_writes_nothing(tmp_path, capsys):
