@@ -313,7 +313,10 @@ class Context:
                 "latency_p50_ms": 1000 * latency_p50(model, self.data.num_classes, self.cfg.evaluation.latency_repeats,
                                                      guidance_scale=guidance_scale),
                 "throughput": len(self.sample_seeds) * self.n / seconds,
-                "parameters": sum(p.numel() for p in model.parameters())}
+                # what runs for one image (a routed MSD bundle: one student; it holds K of them)
+                "parameters": getattr(model, "active_parameters", None) or sum(p.numel() for p in model.parameters()),
+                **({"parameters_total": sum(p.numel() for p in model.parameters())}
+                   if hasattr(model, "active_parameters") else {})}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -421,6 +424,28 @@ def distill_chain(ctx: Context, row: dict, seed: int, long: float) -> tuple[dict
     return students, [], time.perf_counter() - t0
 
 
+def distill_fan_out(ctx: Context, row: dict, seed: int, long: float) -> tuple[object, list, float, dict]:
+    """Multi-student distillation (distill.method msd; components/methods/msd.py) for one training seed: the K
+    branches one after another on this machine, each its stages in order -> (the routed student, [], the fan-out's
+    seconds on one machine, {fan_out_seconds_longest_branch: the parallel wall-clock the Kubeflow DAG implies}).
+    --long does not apply."""
+    from components.methods import build_method, distill, parse_distill_config
+    from components.methods.msd import branches, route
+
+    cfg = parse_distill_config({**row_distill(ctx.cfg, row), "seed": seed, "checkpoint_every": 0, "resume": "never",
+                                "fid_every": 0})
+    students, per_branch = [], []
+    for stages in branches(cfg):
+        student, t0 = None, time.perf_counter()
+        for _, config in stages:
+            method = build_method(ctx.teacher, config, ctx.data, ctx.pairs, init=student)
+            distill(method, progress=True)
+            student = method.student()
+        students.append(student)
+        per_branch.append(time.perf_counter() - t0)
+    return route(students, cfg, ctx.data), [], sum(per_branch), {"fan_out_seconds_longest_branch": max(per_branch)}
+
+
 def save_trained(student, folder: Path) -> None:
     """A sweep's trained student (a guided chain: {steps: student}, one subfolder each) into `folder`, replaced."""
     import shutil
@@ -508,11 +533,16 @@ def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) ->
                 return results[row["name"]], [tuple(c) for c in entry["curve"]]
     print(f"{ctx.name}: {row['name']}, training seed {seed}", file=sys.stderr)
     chain = distill_cfg.get("method") == "guided" and distill_cfg.get("target_steps") is not None
-    student, curve, seconds = (distill_chain if chain else distill_one)(ctx, row, seed, long)
+    fan_out, extra = distill_cfg.get("method") == "msd", {}
+    if fan_out:
+        student, curve, seconds, extra = distill_fan_out(ctx, row, seed, long)
+    else:
+        student, curve, seconds = (distill_chain if chain else distill_one)(ctx, row, seed, long)
     model, scale = sampled(student, row)
-    result = {"seed": seed, "distill_seconds": seconds, **ctx.evaluate(model, row["name"], scale),
+    result = {"seed": seed, "distill_seconds": seconds, **extra, **ctx.evaluate(model, row["name"], scale),
               "commit": ctx.commit}
-    entry = {"distill": distill_cfg, "end": end, "curve": curve, "result": result, **({"chain": True} if chain else {})}
+    entry = {"distill": distill_cfg, "end": end, "curve": curve, "result": result,
+             **({"chain": True} if chain or fan_out else {})}     # no --long curve
     if "train_as" in row:
         save_trained(student, folder)
         entry["results"] = {row["name"]: result}
@@ -544,6 +574,9 @@ def student_row(ctx: Context, row: dict, seeds: list[int], long: float, teacher:
             "class_acc": mean("class_acc"), "nfe": per_seed[0]["nfe"], "latency_p50_ms": mean("latency_p50_ms"),
             "throughput": mean("throughput"), "parameters": per_seed[0]["parameters"],
             "distill_seconds": mean("distill_seconds"), "iterations": int(ctx.cfg.distill.iterations),
+            **({"fan_out_seconds_longest_branch": mean("fan_out_seconds_longest_branch"),
+                "parameters_total": per_seed[0]["parameters_total"]} if "fan_out_seconds_longest_branch" in per_seed[0]
+               else {}),
             "long": max([long] + [c["iteration"] / int(ctx.cfg.distill.iterations) for c in curve]),
             "curve": curve, "per_seed": per_seed}
 
@@ -680,6 +713,7 @@ def page(results: list[dict], folder: Path, page_path: Path) -> str:
                   table(r), "",
                   *sweep_tables(r),
                   *guidance_tables(r),
+                  *fan_out_tables(r),
                   *([f"![FID and class accuracy vs w]({rel}/{r['pictures']['fid_vs_w']})"]
                     if r["pictures"].get("fid_vs_w") else []),
                   f"![FID vs NFE]({rel}/{r['pictures']['fid_vs_nfe']})",
@@ -708,6 +742,23 @@ def sweep_tables(result: dict) -> list[str]:
             lines.append(f"| {n} | " + " | ".join(vals) + " |")
         out += lines + [""]
     return out
+
+
+def fan_out_tables(result: dict) -> list[str]:
+    """Multi-student rows (distill.method msd): the fan-out's wall-clock on this machine (the K branches in turn) and
+    the longest branch (what the Kubeflow DAG, one GPU task per branch, implies), per-student and bundle parameters."""
+    rows = [r for r in result["rows"] if "fan_out_seconds_longest_branch" in r]
+    if not rows:
+        return []
+    lines = ["Multi-student rows: distillation wall-clock of the fan-out (mean over the training seeds) and "
+             "parameters; `parameters` in the table above is one student's (what runs for an image).", "",
+             "| row | students | fan-out s, one machine | longest branch s (parallel DAG) | parameters per student | "
+             "parameters in the bundle |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        k = r["distill"].get("students", "?")
+        lines.append(f"| {r['name']} | {k} | {r['distill_seconds']:.0f} | {r['fan_out_seconds_longest_branch']:.0f} | "
+                     f"{r['parameters']:,} | {r['parameters_total']:,} |")
+    return lines + [""]
 
 
 def guidance_tables(result: dict) -> list[str]:

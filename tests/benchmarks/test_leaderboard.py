@@ -308,3 +308,23 @@ def test_a_guided_chain_trains_once_per_seed_and_is_scored_per_stage_and_w(board
     with pytest.raises(SystemExit):
         lb.load_spec(str(path), None, None, None)
     assert "row 'guided': sweep steps [3] must be step counts of the chain [4, 2, 1]" in capsys.readouterr().err
+
+
+def test_a_multi_student_row_trains_the_fan_out_and_reports_its_wall_clock(board, tmp_path, capsys):
+    """An msd row: K students per training seed (each only on its subset), routed and scored as one model; the
+    row's parameters are one student's, the fan-out table has the one-machine and longest-branch seconds."""
+    tmp, spec, _, _ = board
+    s = yaml.safe_load(spec.read_text())
+    s["rows"] = [{"name": "msd", "distill": {"method": "msd", "students": 2, "iterations": 2,
+                                              "student_channels": [8, 16], "tsm_iterations": 1, "dm_iterations": 1}}]
+    path = tmp_path / "msd.yaml"
+    path.write_text(yaml.safe_dump(s))
+    capsys.readouterr()
+    r = lb.main(["--spec", str(path), "--cache", str(tmp / "cache"), "--train-seeds", "1", "--results",
+                 str(tmp_path / "results"), "--write-docs", str(tmp_path / "results.md")])[0]
+    assert capsys.readouterr().err.count("tiny: msd, training seed 0") == 1
+    (row,) = r["rows"]
+    assert row["nfe"] == 1 and row["parameters_total"] == 2 * row["parameters"]
+    assert row["distill_seconds"] >= row["fan_out_seconds_longest_branch"] > 0
+    page = (tmp_path / "results.md").read_text()
+    assert "| msd | 2 | " in page and "longest branch s (parallel DAG)" in page
