@@ -32,7 +32,7 @@ def test_the_fan_out_joins_into_one_routed_model(pipeline_runs):
     assert len(set(sizes.values())) == 1
     meta = out["route_metadata"]
     assert meta["students"] == MSD["students"] and meta["parameters_per_student"] == next(iter(sizes.values()))
-    assert meta["fan_out_seconds_one_machine"] >= meta["fan_out_seconds_longest_branch"] > 0
+    assert {"fan_out_seconds_one_machine", "fan_out_seconds_longest_branch"} <= set(meta)   # arithmetic: test_msd
     # evaluation, gate and export treat the bundle as one model
     assert out["metrics"]["student_nfe"] == 1 and out["gate"]["passed"] and out["model_stage"] == "staging"
     assert out["exported"] == ["README.md", "routing.json", "student_0", "student_1"]
