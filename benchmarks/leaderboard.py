@@ -446,6 +446,24 @@ def distill_fan_out(ctx: Context, row: dict, seed: int, long: float) -> tuple[ob
     return route(students, cfg, ctx.data), [], sum(per_branch), {"fan_out_seconds_longest_branch": max(per_branch)}
 
 
+def cascade_figures(ctx: Context, model, distill_cfg: dict) -> dict:
+    """A LowDiff cascade's (or its one-level baseline's) own figures: NFE per level and in full-resolution
+    equivalents, the training budget in full-resolution-equivalent images, and images/s at batch 256 (one warm-up
+    batch, then 4 timed)."""
+    from components.diffusion.cascade import full_resolution_nfe, level_nfe
+    from components.diffusion.generate import generate
+    from components.methods.lowdiff import full_resolution_fraction
+
+    recipe = model.sampling
+    res = [lv["resolution"] for lv in recipe["levels"]]
+    fraction = full_resolution_fraction(res, distill_cfg.get("level_weights"))
+    generate(model, ctx.labels[:256], 0, batch_size=256)
+    timed = generate(model, ctx.labels[:1024], 1, batch_size=256)
+    return {"levels": recipe["levels"], "level_nfe": level_nfe(recipe), "fre_nfe": full_resolution_nfe(recipe),
+            "train_fre_images": fraction * int(distill_cfg["iterations"]) * int(distill_cfg["batch_size"]),
+            "throughput_b256": len(timed.labels) / timed.seconds}
+
+
 def save_trained(student, folder: Path) -> None:
     """A sweep's trained student (a guided chain: {steps: student}, one subfolder each) into `folder`, replaced."""
     import shutil
@@ -539,6 +557,8 @@ def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) ->
     else:
         student, curve, seconds = (distill_chain if chain else distill_one)(ctx, row, seed, long)
     model, scale = sampled(student, row)
+    if distill_cfg.get("method") == "lowdiff":
+        extra = cascade_figures(ctx, model, distill_cfg)
     result = {"seed": seed, "distill_seconds": seconds, **extra, **ctx.evaluate(model, row["name"], scale),
               "commit": ctx.commit}
     entry = {"distill": distill_cfg, "end": end, "curve": curve, "result": result,
@@ -574,6 +594,11 @@ def student_row(ctx: Context, row: dict, seeds: list[int], long: float, teacher:
             "class_acc": mean("class_acc"), "nfe": per_seed[0]["nfe"], "latency_p50_ms": mean("latency_p50_ms"),
             "throughput": mean("throughput"), "parameters": per_seed[0]["parameters"],
             "distill_seconds": mean("distill_seconds"), "iterations": int(ctx.cfg.distill.iterations),
+            **({k: per_seed[0][k] for k in ("levels", "level_nfe", "fre_nfe", "train_fre_images")}
+               if "fre_nfe" in per_seed[0] else {}),
+            **({"throughput_b256": mean("throughput_b256"), "fid_per_train_seed": fids} if "fre_nfe" in per_seed[0]
+               else {}),
+            **({"compare_to": row["compare_to"]} if "compare_to" in row else {}),
             **({"fan_out_seconds_longest_branch": mean("fan_out_seconds_longest_branch"),
                 "parameters_total": per_seed[0]["parameters_total"]} if "fan_out_seconds_longest_branch" in per_seed[0]
                else {}),
@@ -590,6 +615,7 @@ def run_dataset(name: str, spec: dict, args, prov: dict) -> dict:
     from components.methods import parse_distill_config
 
     rows_cfg = {}
+    spec = {**spec, "rows": [r for r in spec["rows"] if name in r.get("datasets", [name])]}   # rows for this dataset
     for row in spec["rows"]:
         try:
             rows_cfg[row["name"]] = parse_distill_config(row_distill(cfg, row))
@@ -714,6 +740,7 @@ def page(results: list[dict], folder: Path, page_path: Path) -> str:
                   *sweep_tables(r),
                   *guidance_tables(r),
                   *fan_out_tables(r),
+                  *cascade_tables(r),
                   *([f"![FID and class accuracy vs w]({rel}/{r['pictures']['fid_vs_w']})"]
                     if r["pictures"].get("fid_vs_w") else []),
                   f"![FID vs NFE]({rel}/{r['pictures']['fid_vs_nfe']})",
@@ -758,6 +785,32 @@ def fan_out_tables(result: dict) -> list[str]:
         k = r["distill"].get("students", "?")
         lines.append(f"| {r['name']} | {k} | {r['distill_seconds']:.0f} | {r['fan_out_seconds_longest_branch']:.0f} | "
                      f"{r['parameters']:,} | {r['parameters_total']:,} |")
+    return lines + [""]
+
+
+def cascade_tables(result: dict) -> list[str]:
+    """LowDiff rows (distill.method lowdiff): levels and NFE per level, NFE and training budget in full-resolution
+    equivalents, FID, images/s at batch 256 and p50 latency at batch 1; a row with `compare_to` also as ratios to
+    that row (throughput x, p50 x, FID x) - the issue's targets are >= 1.5 x, <= 1/1.5 x, <= 1.05 x."""
+    rows = [r for r in result["rows"] if "fre_nfe" in r]
+    if not rows:
+        return []
+    by_name = {r["name"]: r for r in rows}
+    lines = ["LowDiff rows: one network per training seed; NFE per level (Heun, 2 steps - 1) at its resolution; "
+             "`full-res NFE` weighs each level by its share of the full resolution's pixels; the training budget is "
+             "in full-resolution-equivalent images (iterations x batch x that share).", "",
+             "| row | levels (resolution: NFE, start sigma) | full-res NFE | training budget (images) | FID | "
+             "images/s (batch 256) | p50 ms (batch 1) | vs | throughput x | p50 x | FID x |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        levels = ", ".join(f"{lv['resolution']}: {n} ({lv['sigma_start']:g})" for lv, n in zip(r["levels"], r["level_nfe"]))
+        base = by_name.get(r.get("compare_to", ""))
+        ratios = (f"{base['name']} | {r['throughput_b256'] / base['throughput_b256']:.2f} | "
+                  f"{r['latency_p50_ms'] / base['latency_p50_ms']:.2f} | {r['fid'] / base['fid']:.3f}"
+                  if base else "- | - | - | -")
+        lines.append(f"| {r['name']} | {levels} | {r['fre_nfe']:.2f} | {r['train_fre_images']:,.0f} | "
+                     f"{r['fid']:.2f} +- {r['fid_std_train']:.2f} | {r['throughput_b256']:.0f} | "
+                     f"{r['latency_p50_ms']:.1f} | {ratios} |")
     return lines + [""]
 
 

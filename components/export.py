@@ -17,6 +17,7 @@ from pathlib import Path
 
 from components.atomic import atomic_dir
 from components.config import ConfigError
+from components.diffusion.cascade import CascadeDenoiser, level_nfe
 from components.diffusion.denoiser import DENOISER_FILE, S_EMBEDDING_FILE, CTMDenoiser, EDMDenoiser, GuidedDenoiser
 from components.diffusion.routed import ROUTING_FILE, RoutedDenoiser
 from components.onnx_export import export_guided_onnx, export_onnx
@@ -166,6 +167,8 @@ def export_student(student: EDMDenoiser, target: str | os.PathLike, card: dict |
         return export_guided(student, target, card, overwrite, onnx)
     if isinstance(student, RoutedDenoiser):
         return export_routed(student, target, card, overwrite, onnx)
+    if isinstance(student, CascadeDenoiser):
+        return export_cascade(student, target, card, overwrite)
     if not isinstance(student, EDMDenoiser):
         raise ConfigError(f"export: a {student.kind!r} student cannot be written as a ConsistencyModelPipeline "
                           "(expected EDM preconditioning)")
@@ -346,6 +349,62 @@ Label {n_cls} is the null class of each student (classifier-free guidance); the 
 fewstep's own loader reads the bundle as one model: `components.diffusion.load_denoiser("<this folder>")`.
 
 ## Figures (the bundle as one model)
+| metric | value |
+|---|---|
+{_figure_rows(card)}
+
+{_provenance(card)}"""
+
+
+def export_cascade(student: CascadeDenoiser, target: str | os.PathLike, card: dict | None = None,
+                   overwrite: bool = False) -> Path:
+    """A LowDiff cascade: fewstep's folder (unet/ with 2C input channels, res_embedding.safetensors, cascade.json with
+    the levels and the sampling recipe) and a README.md whose loader is three lines of fewstep. No stock diffusers
+    pipeline drives a cascade (the card says so); no ONNX copy yet. Temp folder, then rename."""
+    from components.diffusion import save_denoiser
+
+    target = check_export_target(target, overwrite)
+    with atomic_dir(target) as tmp:
+        save_denoiser(student, tmp)
+        (tmp / "README.md").write_text(cascade_card({**(card or {}), "num_classes": student.num_classes,
+                                                     "sampling": student.sampling}))
+    return target
+
+
+def cascade_card(card: dict) -> str:
+    """README.md of a LowDiff cascade folder: what it is, the three-line loader, its levels, figures, provenance."""
+    recipe, n_cls = card.get("sampling", {}), card.get("num_classes", 10)
+    levels = recipe.get("levels", [])
+    rows = "\n".join(f"| {lv['resolution']}x{lv['resolution']} | {lv['sigma_start']:g} | {lv['steps']} | {n} |"
+                     for lv, n in zip(levels, level_nfe(recipe))) if levels else ""
+    return f"""---
+library_name: fewstep
+tags: [fewstep, lowdiff, cascade]
+---
+# {card.get('name', 'fewstep LowDiff cascade')}
+
+A class-conditional **LowDiff cascade** (Xu et al. 2025) trained by fewstep: ONE network generates at low
+resolution first, then refines the upsampled result at each higher resolution, starting from it noised to an
+intermediate level, so fewer network evaluations run at full resolution.
+
+**Stock diffusers cannot drive it**: `unet/` is a stock UNet2DModel, but it takes the upsampled lower level as a
+second channel group and a resolution embedding (`res_embedding.safetensors`) beside it, and no diffusers pipeline
+runs a cascade. fewstep's loader does, in three lines:
+
+```python
+from components.diffusion import load_denoiser                    # fewstep's loader
+from components.diffusion.generate import balanced_labels, generate
+
+images = generate(load_denoiser("<this folder>"), balanced_labels(8, {n_cls}), seed=0).images   # [-1, 1]
+```
+
+| level | starts at sigma | Heun steps | NFE |
+|---|---|---|---|
+{rows}
+
+Classes (label i): {', '.join(map(str, card.get('class_names', [])))}. Label {n_cls} is the null class.
+
+## Figures
 | metric | value |
 |---|---|
 {_figure_rows(card)}

@@ -68,7 +68,8 @@ def generate(denoiser, labels: torch.Tensor, seed: int, batch_size: int = 500,
     counter.sampling = denoiser.sampling
     g = torch.Generator().manual_seed(seed)
     out, t0, nfe = [], time.perf_counter(), 0
-    shape = (denoiser.unet.config.in_channels, denoiser.unet.config.sample_size, denoiser.unet.config.sample_size)
+    shape = getattr(denoiser, "image_shape", None) or (denoiser.unet.config.in_channels, denoiser.unet.config.sample_size,
+                                                         denoiser.unet.config.sample_size)   # a cascade's UNet takes 2C
     for i in tqdm(range(0, len(labels), batch_size), desc=desc, disable=not progress, mininterval=2):
         y = labels[i:i + batch_size]
         z = torch.randn((len(y), *shape), generator=g)

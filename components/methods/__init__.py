@@ -11,15 +11,16 @@ from components.methods.ctm import CTM, CTMConfig
 from components.methods.dmd2 import DMD2, DMD2Config
 from components.methods.guided import GuidedConfig, GuidedDistillation
 from components.methods.interface import Method
+from components.methods.lowdiff import LowDiff, LowDiffConfig
 from components.methods.msd import MSD, MSDConfig
 from components.methods.progressive import Progressive, ProgressiveConfig, halvings
 from components.methods.trainer import DivergenceError, distill
 
 METHODS: dict[str, type[Method]] = {"dmd2": DMD2, "ctm": CTM, "guided": GuidedDistillation,
-                                     "progressive": Progressive, "msd": MSD}
+                                     "progressive": Progressive, "msd": MSD, "lowdiff": LowDiff}
 # which ZenML pipeline runs which distill.method; progressive runs only as the halvings of a guided chain
 # (distill.method guided with distill.target_steps: components/methods/progressive.py, halvings)
-PIPELINES = {"dmd2_pipeline": ("dmd2", "ctm"), "guided_pipeline": ("guided",), "msd_pipeline": ("msd",)}
+PIPELINES = {"dmd2_pipeline": ("dmd2", "ctm", "lowdiff"), "guided_pipeline": ("guided",), "msd_pipeline": ("msd",)}
 PIPELINE_METHODS = tuple(m for methods in PIPELINES.values() for m in methods)
 
 
@@ -77,5 +78,5 @@ def build_method(teacher, cfg: DistillConfig | dict, data, pairs=None, init=None
 
 
 __all__ = ["METHODS", "PIPELINES", "PIPELINE_METHODS", "check_pipeline", "CTM", "CTMConfig", "DMD2", "DMD2Config", "DistillConfig", "DivergenceError", "GuidedConfig",
-           "GuidedDistillation", "MSD", "MSDConfig", "Method", "Progressive", "ProgressiveConfig",
+           "GuidedDistillation", "LowDiff", "LowDiffConfig", "MSD", "MSDConfig", "Method", "Progressive", "ProgressiveConfig",
            "build_method", "distill", "method_class", "parse_distill_config"]

@@ -328,3 +328,29 @@ def test_a_multi_student_row_trains_the_fan_out_and_reports_its_wall_clock(board
     assert "fan_out_seconds_longest_branch" in row and "fan_out_seconds_longest_branch" in row["per_seed"][0]
     page = (tmp_path / "results.md").read_text()
     assert "| msd | 2 | " in page and "longest branch s (parallel DAG)" in page
+
+
+def test_lowdiff_rows_report_levels_budget_and_ratios_to_their_baseline(board, tmp_path, capsys):
+    """A LowDiff cascade row and its one-level baseline (rows limited to their dataset by `datasets`): NFE per level
+    and in full-resolution equivalents, the training budget in full-resolution-equivalent images, images/s at batch
+    256, and the cascade table's ratios to the row named in `compare_to`."""
+    tmp, spec, _, _ = board
+    s = yaml.safe_load(spec.read_text())
+    base = {"method": "lowdiff", "iterations": 4, "batch_size": 8, "log_every": 2, "fid_every": 4}
+    s["rows"] = [{"name": "single", "distill": {**base, "resolutions": [8], "steps": [2], "start_sigma": []}},
+                 {"name": "cascade", "compare_to": "single",
+                  "distill": {**base, "resolutions": [4, 8], "steps": [2, 1], "start_sigma": [1.0]}},
+                 {"name": "elsewhere", "datasets": ["other"], "distill": {"method": "nope"}}]   # not this dataset's
+    path = tmp_path / "lowdiff.yaml"
+    path.write_text(yaml.safe_dump(s))
+    r = lb.main(["--spec", str(path), "--cache", str(tmp / "cache"), "--train-seeds", "1", "--results",
+                 str(tmp_path / "results"), "--write-docs", str(tmp_path / "results.md")])[0]
+    single, cascade = r["rows"]
+    assert [row["name"] for row in r["rows"]] == ["single", "cascade"]
+    assert single["level_nfe"] == [3] and single["fre_nfe"] == 3 and single["nfe"] == 3
+    assert cascade["level_nfe"] == [3, 1] and cascade["fre_nfe"] == pytest.approx(3 / 4 + 1) and cascade["nfe"] == 4
+    assert single["train_fre_images"] == 4 * 8 and cascade["train_fre_images"] == pytest.approx(4 * 8 * 0.625)
+    assert cascade["throughput_b256"] > 0 and cascade["compare_to"] == "single"
+    page = (tmp_path / "results.md").read_text()
+    ratio = cascade["throughput_b256"] / single["throughput_b256"]
+    assert "| cascade | 4: 3 (80), 8: 1 (1) | 1.75 | 20 | " in page and f"| single | {ratio:.2f} |" in page

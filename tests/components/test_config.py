@@ -71,7 +71,7 @@ def test_section_must_be_a_mapping():
 
 
 def test_unknown_method_lists_valid_names(digits_npz):
-    with pytest.raises(ConfigError, match=r"distill\.method.*'nope'.*valid: ctm, dmd2, guided, msd, progressive"):
+    with pytest.raises(ConfigError, match=r"distill\.method.*'nope'.*valid: ctm, dmd2, guided, lowdiff, msd, progressive"):
         resolve_config(data={"path": digits_npz}, distill={"method": "nope"})
 
 

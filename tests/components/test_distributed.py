@@ -80,6 +80,11 @@ def _argv(tmp: Path, name: str, params: str = "params.yaml", method: str = "dmd2
         (tmp / "ctm.yaml").write_text(yaml.safe_dump({"distill": {"method": "ctm", "max_heun_steps": 2, "lr": 2e-3,
                                                                          "iterations": 3}}))
         extra = ["--distill-params", str(tmp / "ctm.yaml")]
+    if method == "lowdiff":      # a LowDiff cascade (4x4 -> 8x8): each sample's level by its place in the global batch
+        (tmp / "lowdiff.yaml").write_text(yaml.safe_dump({"distill": {"method": "lowdiff", "resolutions": [4, 8],
+                                                                             "steps": [2, 2], "start_sigma": [1.0],
+                                                                             "iterations": 3}}))
+        extra = ["--distill-params", str(tmp / "lowdiff.yaml")]
     return ["distill", "--params", str(tmp / params), *extra, "--dataset", str(tmp / "dataset"), "--teacher",
             str(tmp / "teacher"), "--features", str(tmp / "feature_net"), "--checkpoints", str(tmp / f"ckpt-{name}"),
             "--out", str(tmp / f"student-{name}"), "--plots", str(tmp / f"losses-{name}.csv")]
@@ -92,7 +97,7 @@ def _results(tmp: Path, name: str) -> tuple[dict, list[dict]]:
     return weights, history
 
 
-METHODS = ("dmd2", "ctm")
+METHODS = ("dmd2", "ctm", "lowdiff")
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +118,7 @@ def test_two_processes_match_one_with_the_same_global_batch(stage_inputs, ddp_la
     assert stages.main(_argv(stage_inputs, single, method=method)) == 0      # one process: the stage CLI, here
     assert ddp_launch.count("on 2 process(es)") == len(METHODS)     # really data-parallel, not 2 lone runs
     (one_w, one_h), (two_w, two_h) = _results(stage_inputs, single), _results(stage_inputs, ddp)
-    assert len(one_h) == len(two_h) == (6 if method == "dmd2" else 3)       # CTM: 3 iterations (test time)
+    assert len(one_h) == len(two_h) == (6 if method == "dmd2" else 3)       # CTM, LowDiff: 3 iterations (test time)
     rel = max(abs(b[k] - a[k]) / max(abs(a[k]), 1e-12) for a, b in zip(one_h, two_h) for k in a if k.startswith("loss"))
     print(f"max relative loss difference over {len(one_h)} steps: {rel:.3e}")
     for a, b in zip(one_h, two_h):
@@ -125,6 +130,9 @@ def test_two_processes_match_one_with_the_same_global_batch(stage_inputs, ddp_la
     diff = max(float((one_w[k].float() - two_w[k].float()).abs().max()) for k in one_w)
     print(f"max |w_1proc - w_2proc| after {len(one_h)} steps: {diff:.3e}")
     assert diff < 1e-4
+    if method == "lowdiff":                  # trained from scratch, not from the teacher: every step took a gradient
+        assert all(h["grad_norm_model"] > 0 for h in one_h)
+        return
     moved = max(float((one_w[k].float() - load_file(str(next((stage_inputs / "teacher").rglob("*.safetensors"))))[k]
                        .float()).abs().max()) for k in one_w)
     assert moved > 1e-3                      # the comparison means something: training changed the weights

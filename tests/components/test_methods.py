@@ -14,7 +14,8 @@ BASE = dict(lr_gen=2e-4, lr_fake=2e-4, w_gen=3e-3, w_D=1e-2, gan_max_step_percen
 SHARED = dict(iterations=8, batch_size=16, seed=0, log_every=4, checkpoint_every=0, fid_every=0)
 TINY = dict(**SHARED, **BASE)
 CONTRACT = {"dmd2": TINY, "ctm": SHARED, "guided": SHARED, "progressive": SHARED,  # each method's tiny config
-            "msd": {**TINY, "students": 2, "subset": 1}}                        # MSD: one subset's student
+            "msd": {**TINY, "students": 2, "subset": 1},                        # MSD: one subset's student
+            "lowdiff": {**SHARED, "resolutions": [4, 8], "steps": [2, 2], "start_sigma": [1.0]}}
 
 
 def _teacher(name, tiny_teacher):
@@ -43,10 +44,12 @@ def test_method_contract(name, tiny_teacher, digits):
     assert history and history[-1]["iteration"] == TINY["iterations"]
     assert all(math.isfinite(v) for h in history for v in h.values())
     student = method.student()
-    assert student.sampling["sampler"] in ("fewstep", "heun", "gamma", "ddim")
+    assert student.sampling["sampler"] in ("fewstep", "heun", "gamma", "ddim", "cascade")
     assert not any(p.requires_grad for p in student.parameters())
-    # the student moved away from the teacher
-    assert not torch.allclose(_params(student.unet), _params(teacher.unet))
+    # the student moved away from where it started: the teacher, or (LowDiff: trained from scratch) its first weights
+    start = teacher.unet if name != "lowdiff" else build_method(teacher, {"method": name, **CONTRACT[name]},
+                                                                digits).student().unet
+    assert not torch.allclose(_params(student.unet), _params(start))
     state = method.state_dict()
     assert isinstance(state, dict) and "step" in state and state["step"] == TINY["iterations"]
 

@@ -395,7 +395,8 @@ def test_config_without_an_image_is_refused(tmp_path):
 
 @pytest.mark.parametrize("local_name, kfp_name", [("dmd2_local.yaml", "dmd2_kubeflow.yaml"),
                                                    ("dmd2_4step_local.yaml", "dmd2_4step_kubeflow.yaml"),
-                                                   ("ctm_local.yaml", "ctm_kubeflow.yaml")])
+                                                   ("ctm_local.yaml", "ctm_kubeflow.yaml"),
+                                                   ("lowdiff_fashion16.yaml", "lowdiff_kubeflow.yaml")])
 def test_kubeflow_config_differs_from_local_only_in_infrastructure(local_name, kfp_name):
     local = yaml.safe_load((ROOT / "configs" / local_name).read_text())
     kfp = yaml.safe_load((ROOT / "configs" / kfp_name).read_text())

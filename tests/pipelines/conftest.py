@@ -15,6 +15,10 @@ ROOT = Path(__file__).resolve().parents[2]
 ZENML = str(Path(sys.executable).with_name("zenml"))
 PASS_GATE = {"class_acc_min": None, "fid_ratio_max": 100.0, "excess_fid_ratio_max": None}  # the tiny student passes
 REJECT_GATE = {"fid_ratio_max": 0.01}        # FID at most 1% of the teacher's: no student passes
+OPEN_GATE = {"class_acc_min": None, "fid_ratio_max": None, "excess_fid_ratio_max": None}   # every model passes
+# a LowDiff cascade (4x4 -> 8x8 digits) trained from scratch for a few iterations: 3 + 3 NFE
+LOWDIFF = {"method": "lowdiff", "resolutions": [4, 8], "steps": [2, 2], "start_sigma": [1.0], "iterations": 4,
+           "batch_size": 16, "log_every": 2, "fid_every": 4, "checkpoint_every": 2}
 
 
 def make_zenml_env(tmp: Path) -> dict:
@@ -126,13 +130,14 @@ def inspect_runs(env, names: list[str]) -> list[dict]:
 
 
 def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
-    """Six tiny runs in `env`'s store -> {name: {"output", "info", "data", "data_md5", "run_name"}} (JSON):
+    """Seven tiny runs in `env`'s store -> {name: {"output", "info", "data", "data_md5", "run_name"}} (JSON):
     'reject' (dmd2_pipeline; a gate no student passes); then guided_pipeline on the same data (upstream steps
     and teacher from the cache): 'guided' (GUIDED: 4 -> 2 steps; the gate passes and promotes) and
     'guided_longer' (one more halving, -> 1 step: the rest from the cache); msd_pipeline (MSD: K = 2 smaller
     students) 'msd_killed' (killed as MSD_KILL_AT starts) then 'msd' (the same config: only the unfinished stage and
     what follows run; passes, exports the bundle); 'changed' (dmd2_pipeline, one pixel
-    of the data changed: everything re-runs; a CTM student; passes, promotes and exports with ONNX)."""
+    of the data changed: everything re-runs; a CTM student; passes, promotes and exports with ONNX); 'lowdiff'
+    (dmd2_pipeline on the data of 'changed', upstream from the cache: a LowDiff cascade, exported as fewstep's folder)."""
     from components.data.builtin import write_npz
     from components.data.versioning import dvc_md5
 
@@ -140,7 +145,8 @@ def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
     shutil.copy(digits_npz, data)
     runs = {}
     for name, gate in (("reject", REJECT_GATE), ("guided", PASS_GATE), ("guided_longer", PASS_GATE),
-                       ("msd_killed", PASS_GATE), ("msd", PASS_GATE), ("changed", PASS_GATE)):
+                       ("msd_killed", PASS_GATE), ("msd", PASS_GATE), ("changed", PASS_GATE),
+                       ("lowdiff", OPEN_GATE)):
         if name == "changed":
             with np.load(data) as z:
                 images, labels = z["images"].copy(), z["labels"].copy()
@@ -152,6 +158,8 @@ def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
             # (params.yaml's DMD2 keys drop out; its method-independent ones stay)
             shared = {k: v for k, v in cfg["parameters"]["distill"].items() if k != "dfake_gen_update_ratio"}
             cfg["parameters"]["distill"] = {**shared, "method": "ctm", "max_heun_steps": 1}
+        if name == "lowdiff":                                 # a LowDiff cascade on the data of 'changed'
+            cfg["parameters"]["distill"] = {**LOWDIFF, "checkpoint_dir": str(tmp / "checkpoints")}
         if name.startswith("guided"):                         # a guided chain on the teacher of 'reject'
             cfg["parameters"]["export"] = {"onnx": name == "guided"}     # its ONNX with w as an input, once
             cfg["parameters"]["distill"] = {**GUIDED, "checkpoint_dir": str(tmp / "checkpoints"),

@@ -83,3 +83,15 @@ def test_the_same_pipeline_distils_with_ctm(pipeline_runs):
     sweep = out["metrics"]["student_fid_vs_nfe"]
     assert {(p["steps"], p["gamma"]) for p in sweep} == {(n, g) for n in (1, 2, 4) for g in (0.0, 0.5, 1.0)}
     assert {p["nfe"] for p in sweep} == {1, 2, 4}
+
+
+def test_the_same_pipeline_trains_a_lowdiff_cascade(pipeline_runs):
+    """The 'lowdiff' run (distill.method lowdiff, the data of 'changed'): the upstream steps come from the cache; the
+    distill step trains the unified network at both levels, the evaluation samples the cascade (3 + 3 NFE), the
+    gate passes and the export is fewstep's cascade folder with its three-line loader in the card."""
+    out = pipeline_runs["lowdiff"]["info"]
+    assert out["steps"]["teacher_step"].endswith("cached") and out["steps"]["distill_step"].endswith("completed")
+    assert all({"loss_4px", "loss_8px"} <= set(row) for row in out["history"])
+    assert out["metrics"]["student_nfe"] == 6 and out["gate"]["passed"]
+    assert {"cascade.json", "res_embedding.safetensors", "unet", "README.md"} <= set(out["exported"])
+    assert "cascade.json" in out["student_uri_files"]

@@ -59,6 +59,10 @@ def dvc_repo(tmp_path_factory):
         msd = yaml.safe_load((ROOT / "params_msd.yaml").read_text())      # K = 4 as dvc.yaml's foreach, tiny
         msd["distill"].update(iterations=2, log_every=1, fid_every=0, checkpoint_every=0)
         (repo / "params_msd.yaml").write_text(yaml.safe_dump(msd, sort_keys=False))
+        lowdiff = yaml.safe_load((ROOT / "params_lowdiff.yaml").read_text())   # the digits' 4x4 -> 8x8, tiny
+        lowdiff["distill"].update(iterations=4, batch_size=16, steps=[2, 2], log_every=2, fid_every=0,
+                                  checkpoint_every=2)
+        (repo / "params_lowdiff.yaml").write_text(yaml.safe_dump(lowdiff, sort_keys=False))
         shutil.copytree(ROOT / "components", repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
         materialize_digits(repo / "data" / "digits.npz")
         (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(repo / "data" / "digits.npz"), sort_keys=False))
@@ -250,3 +254,36 @@ def test_dvc_and_zenml_give_the_same_figures(dvc_repo, pipeline_runs):
     dvc_metrics = dvc_repo[3]                                  # the first repro's: evaluation seed 0
     zenml_metrics = pipeline_runs["reject"]["info"]["metrics"]
     assert {k: zenml_metrics[k] for k in DETERMINISTIC} == {k: dvc_metrics[k] for k in DETERMINISTIC}
+
+
+def test_the_lowdiff_chain_runs_the_commands_dvc_yaml_gives(dvc_repo, monkeypatch, one_thread):
+    """dvc.yaml's LowDiff stages (params_lowdiff.yaml), as DVC reads them: distill -> evaluate -> export on the shared
+    data, feature net and teacher stages (no pairs); each command runs in-process (as the guided chain's)."""
+    import shlex
+
+    import networkx as nx
+    from dvc.repo import Repo
+
+    from components import stages
+    from components.diffusion import CascadeDenoiser, load_denoiser
+
+    repo, env, _, metrics = dvc_repo
+    chain = ["distill_lowdiff", "evaluate_lowdiff", "export_lowdiff"]
+    with Repo(str(repo)) as dvc:
+        by_name = {s.name: s for s in dvc.index.stages}
+        commands = [by_name[n].cmd for n in chain]
+        graph = dvc.index.graph
+        for later, earlier in zip(chain[1:], chain):
+            assert nx.has_path(graph, by_name[later], by_name[earlier]), (later, earlier)
+        assert not nx.has_path(graph, by_name["distill_lowdiff"], by_name["pairs"])      # trained from the data
+    monkeypatch.chdir(repo)
+    for command in commands:
+        assert stages.main(shlex.split(command)[3:]) == 0, command
+    cascade = load_denoiser(repo / "artifacts" / "lowdiff" / "student")
+    assert isinstance(cascade, CascadeDenoiser) and cascade.resolutions == [4, 8]
+    got = json.loads((repo / "metrics_lowdiff.json").read_text())
+    assert got["teacher_fid"] == metrics["teacher_fid"] and got["student_nfe"] == 3 + 3
+    # params.yaml's gate (class accuracy >= 0.9) rejects a cascade trained for 4 iterations: nothing deployable
+    # is written (the exported folder itself: tests/components/test_lowdiff.py)
+    assert "class accuracy floor" in (repo / "models" / "lowdiff_student" / "REJECTED.md").read_text()
+    assert (repo / "artifacts" / "lowdiff" / "report" / "run_report.html").is_file()
