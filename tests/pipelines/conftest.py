@@ -135,9 +135,9 @@ def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
     and teacher from the cache): 'guided' (GUIDED: 4 -> 2 steps; the gate passes and promotes) and
     'guided_longer' (one more halving, -> 1 step: the rest from the cache); msd_pipeline (MSD: K = 2 smaller
     students) 'msd_killed' (killed as MSD_KILL_AT starts) then 'msd' (the same config: only the unfinished stage and
-    what follows run; passes, exports the bundle); 'changed' (dmd2_pipeline, one pixel
-    of the data changed: everything re-runs; a CTM student; passes, promotes and exports with ONNX); 'lowdiff'
-    (dmd2_pipeline on the data of 'changed', upstream from the cache: a LowDiff cascade, exported as fewstep's folder)."""
+    what follows run; passes, exports the bundle); 'lowdiff' (dmd2_pipeline on the same data, upstream from the
+    cache: a LowDiff cascade, passes, exported as fewstep's folder); 'changed' (dmd2_pipeline, one pixel of the data
+    changed: everything re-runs; a CTM student; passes, promotes over 'lowdiff' and exports with ONNX)."""
     from components.data.builtin import write_npz
     from components.data.versioning import dvc_md5
 
@@ -145,8 +145,8 @@ def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
     shutil.copy(digits_npz, data)
     runs = {}
     for name, gate in (("reject", REJECT_GATE), ("guided", PASS_GATE), ("guided_longer", PASS_GATE),
-                       ("msd_killed", PASS_GATE), ("msd", PASS_GATE), ("changed", PASS_GATE),
-                       ("lowdiff", OPEN_GATE)):
+                       ("msd_killed", PASS_GATE), ("msd", PASS_GATE), ("lowdiff", OPEN_GATE),
+                       ("changed", PASS_GATE)):
         if name == "changed":
             with np.load(data) as z:
                 images, labels = z["images"].copy(), z["labels"].copy()
@@ -158,7 +158,7 @@ def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
             # (params.yaml's DMD2 keys drop out; its method-independent ones stay)
             shared = {k: v for k, v in cfg["parameters"]["distill"].items() if k != "dfake_gen_update_ratio"}
             cfg["parameters"]["distill"] = {**shared, "method": "ctm", "max_heun_steps": 1}
-        if name == "lowdiff":                                 # a LowDiff cascade on the data of 'changed'
+        if name == "lowdiff":                                 # a LowDiff cascade on the data of 'reject'
             cfg["parameters"]["distill"] = {**LOWDIFF, "checkpoint_dir": str(tmp / "checkpoints")}
         if name.startswith("guided"):                         # a guided chain on the teacher of 'reject'
             cfg["parameters"]["export"] = {"onnx": name == "guided"}     # its ONNX with w as an input, once

@@ -59,7 +59,7 @@ def test_second_run_reuses_the_cache_and_a_pass_promotes_and_exports(pipeline_ru
     assert steps2["record_lineage"].endswith("completed")        # lineage is recorded on every run
     assert out2["run_metadata"]["data_md5"] == first["run_metadata"]["data_md5"]
     changed = pipeline_runs["changed"]["info"]
-    assert changed["gate"]["passed"] and changed["model_stage"].endswith("staging")     # dmd2_student's first pass
+    assert changed["gate"]["passed"] and changed["model_stage"].endswith("staging")     # the last pass is staging
     assert {"model_index.json", "unet", "scheduler", "README.md", "onnx"} <= set(changed["exported"])
 
 
@@ -86,7 +86,7 @@ def test_the_same_pipeline_distils_with_ctm(pipeline_runs):
 
 
 def test_the_same_pipeline_trains_a_lowdiff_cascade(pipeline_runs):
-    """The 'lowdiff' run (distill.method lowdiff, the data of 'changed'): the upstream steps come from the cache; the
+    """The 'lowdiff' run (distill.method lowdiff, the data of 'reject'): the upstream steps come from the cache; the
     distill step trains the unified network at both levels, the evaluation samples the cascade (3 + 3 NFE), the
     gate passes and the export is fewstep's cascade folder with its three-line loader in the card."""
     out = pipeline_runs["lowdiff"]["info"]
