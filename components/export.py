@@ -20,7 +20,7 @@ from components.config import ConfigError
 from components.diffusion.cascade import CascadeDenoiser, level_nfe
 from components.diffusion.denoiser import DENOISER_FILE, S_EMBEDDING_FILE, CTMDenoiser, EDMDenoiser, GuidedDenoiser
 from components.diffusion.routed import ROUTING_FILE, RoutedDenoiser
-from components.onnx_export import export_guided_onnx, export_onnx
+from components.onnx_export import export_cascade_onnx, export_guided_onnx, export_onnx
 
 
 def check_export_target(target: str | os.PathLike, overwrite: bool) -> Path:
@@ -168,7 +168,7 @@ def export_student(student: EDMDenoiser, target: str | os.PathLike, card: dict |
     if isinstance(student, RoutedDenoiser):
         return export_routed(student, target, card, overwrite, onnx)
     if isinstance(student, CascadeDenoiser):
-        return export_cascade(student, target, card, overwrite)
+        return export_cascade(student, target, card, overwrite, onnx)
     if not isinstance(student, EDMDenoiser):
         raise ConfigError(f"export: a {student.kind!r} student cannot be written as a ConsistencyModelPipeline "
                           "(expected EDM preconditioning)")
@@ -357,17 +357,20 @@ fewstep's own loader reads the bundle as one model: `components.diffusion.load_d
 
 
 def export_cascade(student: CascadeDenoiser, target: str | os.PathLike, card: dict | None = None,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, onnx: bool = True) -> Path:
     """A LowDiff cascade: fewstep's folder (unet/ with 2C input channels, res_embedding.safetensors, cascade.json with
-    the levels and the sampling recipe) and a README.md whose loader is three lines of fewstep. No stock diffusers
-    pipeline drives a cascade (the card says so); no ONNX copy yet. Temp folder, then rename."""
+    the levels and the sampling recipe), with `onnx` one ONNX file per level (onnx/level_<r>.onnx), and a README.md
+    whose loader is three lines of fewstep. No stock diffusers pipeline drives a cascade (the card says so). Temp
+    folder, then rename."""
     from components.diffusion import save_denoiser
 
     target = check_export_target(target, overwrite)
     with atomic_dir(target) as tmp:
         save_denoiser(student, tmp)
+        if onnx:
+            export_cascade_onnx(student, tmp / "onnx")
         (tmp / "README.md").write_text(cascade_card({**(card or {}), "num_classes": student.num_classes,
-                                                     "sampling": student.sampling}))
+                                                     "sampling": student.sampling, "onnx": onnx}))
     return target
 
 
@@ -377,6 +380,12 @@ def cascade_card(card: dict) -> str:
     levels = recipe.get("levels", [])
     rows = "\n".join(f"| {lv['resolution']}x{lv['resolution']} | {lv['sigma_start']:g} | {lv['steps']} | {n} |"
                      for lv, n in zip(levels, level_nfe(recipe))) if levels else ""
+    onnx = ("""`onnx/level_<r>.onnx` is one network evaluation at each level (onnxruntime, no torch): inputs `sample`
+(N, C, r, r), `lowres` (N, C, r, r: the level below, upsampled by repeating pixels; not at the lowest level), `sigma`
+(N,) and `class_labels` (N,) int64; output `denoised`. fewstep's `components.onnx_export.run_cascade_onnx(folder,
+recipe, noise, level_noise, labels)` runs the sampler above on them in numpy (the recipe is `sampling` in
+`cascade.json`)."""
+            if card.get("onnx") else "No ONNX copy: export.onnx was off.")
     return f"""---
 library_name: fewstep
 tags: [fewstep, lowdiff, cascade]
@@ -401,6 +410,8 @@ images = generate(load_denoiser("<this folder>"), balanced_labels(8, {n_cls}), s
 | level | starts at sigma | Heun steps | NFE |
 |---|---|---|---|
 {rows}
+
+{onnx}
 
 Classes (label i): {', '.join(map(str, card.get('class_names', [])))}. Label {n_cls} is the null class.
 

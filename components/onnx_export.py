@@ -129,3 +129,103 @@ def run_onnx(path: str | os.PathLike, noise, labels) -> np.ndarray:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {"noise": np.asarray(noise, dtype=np.float32), "class_labels": np.asarray(labels, dtype=np.int64)}
     return sess.run(None, feed)[0]
+
+
+CASCADE_OUTPUTS = ["denoised"]
+
+
+class CascadeFirstLevel(torch.nn.Module):
+    """One network evaluation of a LowDiff cascade at its lowest level: (sample, sigma, labels) -> denoised."""
+
+    def __init__(self, cascade):
+        super().__init__()
+        self.cascade = cascade
+
+    def forward(self, sample: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        return self.cascade(sample, sigma, class_labels)
+
+
+class CascadeLevel(CascadeFirstLevel):
+    """... at a higher level: (sample, lowres, sigma, labels) -> denoised, lowres the upsampled level below."""
+
+    def forward(self, sample: torch.Tensor, lowres: torch.Tensor, sigma: torch.Tensor,
+                class_labels: torch.Tensor) -> torch.Tensor:
+        return self.cascade(sample, sigma, class_labels, lowres=lowres)
+
+
+def cascade_inputs(first: bool) -> list[str]:
+    return ["sample", "sigma", "class_labels"] if first else ["sample", "lowres", "sigma", "class_labels"]
+
+
+def export_cascade_onnx(cascade, folder: str | os.PathLike, opset: int = 18) -> list[Path]:
+    """One ONNX file per level of a LowDiff cascade, `folder`/level_<r>.onnx: inputs `sample` (N, C, r, r), `lowres`
+    (N, C, r, r: the upsampled level below; not at the lowest level), `sigma` (N,), `class_labels` (N,) int64; output
+    `denoised`. run_cascade_onnx (and the model card) runs the cascade's sampler on them. Each file temp, then
+    renamed."""
+    from components.diffusion.cascade import CascadeDenoiser
+
+    if not isinstance(cascade, CascadeDenoiser):
+        raise ConfigError(f"onnx export: expected a LowDiff cascade (kind 'cascade'), got "
+                          f"{getattr(cascade, 'kind', '?')!r}")
+    model = copy.deepcopy(cascade).float().cpu().eval()
+    C = model.image_shape[0]
+    paths = []
+    for r in model.resolutions:
+        first = r == model.resolutions[0]
+        step = (CascadeFirstLevel if first else CascadeLevel)(model).eval()
+        x = torch.randn(2, C, r, r)
+        example = (x,) + (() if first else (torch.zeros_like(x),)) + (torch.tensor([80.0, 1.0]),
+                                                                      torch.zeros(2, dtype=torch.long))
+        names = cascade_inputs(first)
+        path = Path(folder) / f"level_{r}.onnx"
+        with atomic_file(path) as tmp:
+            with warnings.catch_warnings():       # the dynamo exporter, as export_onnx (its comment says why)
+                warnings.filterwarnings("ignore", message="# The axis name")
+                torch.onnx.export(step, example, str(tmp), input_names=names, output_names=CASCADE_OUTPUTS,
+                                  dynamic_shapes=tuple({0: "batch"} for _ in names), opset_version=opset,
+                                  dynamo=True, external_data=False, verbose=False)
+        paths.append(path)
+    return paths
+
+
+def run_cascade_onnx(folder: str | os.PathLike, recipe: dict, noise, level_noise: list, labels,
+                     sigma_min: float = 0.002) -> np.ndarray:
+    """Images in [-1, 1] from a cascade's ONNX files: the project's `cascade` sampler in numpy (Heun on each level's
+    Karras levels; the lowest from `noise` (N, C, R, R) pooled to its resolution, each higher one from the upsampled
+    result plus sigma_start x level_noise[l - 1])."""
+    import onnxruntime as ort
+
+    labels = np.asarray(labels, dtype=np.int64)
+    n, rho = len(labels), float(recipe.get("rho", 7.0))
+    full = recipe["levels"][-1]["resolution"]
+    out = None
+    for level, lv in enumerate(recipe["levels"]):
+        r, s0, steps = int(lv["resolution"]), float(lv["sigma_start"]), int(lv["steps"])
+        sess = ort.InferenceSession(str(Path(folder) / f"level_{r}.onnx"), providers=["CPUExecutionProvider"])
+        f = full // r
+        if level == 0:
+            z = np.asarray(noise, dtype=np.float32)
+            x = z.reshape(n, z.shape[1], r, f, r, f).mean(axis=(3, 5)) * f * s0 if f > 1 else z * s0
+            up = None
+        else:
+            k = r // out.shape[-1]
+            up = out.repeat(k, axis=-2).repeat(k, axis=-1)
+            x = up + np.float32(s0) * np.asarray(level_noise[level - 1], dtype=np.float32)
+        ramp = np.linspace(0, 1, steps) if steps > 1 else np.zeros(1)
+        grid = [float(v) for v in (s0 ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - s0 ** (1 / rho))) ** rho]
+        grid = ([s0] if steps == 1 else grid) + [0.0]
+
+        def D(x_, s):
+            feed = {"sample": x_.astype(np.float32), "sigma": np.full(n, s, np.float32), "class_labels": labels}
+            if up is not None:
+                feed["lowres"] = up.astype(np.float32)
+            return sess.run(None, feed)[0]
+
+        for s, s_next in zip(grid[:-1], grid[1:]):               # EDM Algorithm 1 (samplers.sample_heun)
+            d = (x - D(x, s)) / s
+            x_next = x + (s_next - s) * d
+            if s_next > 0:
+                x_next = x + (s_next - s) * 0.5 * (d + (x_next - D(x_next, s_next)) / s_next)
+            x = x_next
+        out = x.astype(np.float32)
+    return out.clip(-1, 1)

@@ -170,11 +170,36 @@ def test_the_export_is_fewsteps_folder_with_a_three_line_loader(cascade, tmp_pat
     from components.export import export_student
 
     cascade.sampling = cascade_recipe([4, 8], [3, 2], [1.0], cascade.sigma_max)
-    out = export_student(cascade, tmp_path / "export", {"name": "tiny cascade", "metrics": {"fid": 12.5}})
+    out = export_student(cascade, tmp_path / "export", {"name": "tiny cascade", "metrics": {"fid": 12.5}}, onnx=False)
     names = {p.name for p in out.iterdir()}
     assert {"cascade.json", "res_embedding.safetensors", "unet", "README.md"} <= names and "model_index.json" not in names
     card = (out / "README.md").read_text()
     assert "Stock diffusers cannot drive it" in card and 'load_denoiser("<this folder>")' in card
+    assert "No ONNX copy" in card and "onnx" not in names
     assert "| 4x4 | 80 | 3 | 5 |" in card and "| 8x8 | 1 | 2 | 3 |" in card
     labels = balanced_labels(4, 10)
     assert torch.equal(generate(load_denoiser(out), labels, seed=2).images, generate(cascade, labels, seed=2).images)
+
+
+def test_onnx_per_level_reproduces_the_cascade_sampler(cascade, tmp_path):
+    """onnx/level_<r>.onnx per level; the numpy sampler over them (the model card's) matches the project's cascade
+    sampler on the same noise to 1e-4."""
+    pytest.importorskip("onnxruntime")
+    from components.onnx_export import export_cascade_onnx, run_cascade_onnx
+
+    cascade.sampling = cascade_recipe([4, 8], [3, 2], [1.0], cascade.sigma_max)
+    paths = export_cascade_onnx(cascade, tmp_path / "onnx")
+    assert [p.name for p in paths] == ["level_4.onnx", "level_8.onnx"]
+    labels = torch.tensor([0, 3, 7])
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(3, 1, 8, 8, generator=g)
+    level_noise = torch.randn(3, 1, 8, 8, generator=g)          # what sample_cascade draws next from the same g
+    g = torch.Generator().manual_seed(5)
+    torch.randn(3, 1, 8, 8, generator=g)
+    recipe = cascade.sampling
+    want = sample_cascade(cascade, z * recipe["sigmas"][0], torch.tensor(recipe["sigmas"]),
+                          {"class_labels": labels, **recipe}, generator=g).clamp(-1, 1)
+    got = run_cascade_onnx(tmp_path / "onnx", recipe, z.numpy(), [level_noise.numpy()], labels.numpy(),
+                           cascade.sigma_min)
+    assert got.shape == (3, 1, 8, 8)
+    assert float((torch.from_numpy(got) - want).abs().max()) < 1e-4
