@@ -1,5 +1,5 @@
 """dmd2_pipeline: lineage; ingest -> validate -> dataset -> feature net -> reference features ->
-teacher -> teacher pairs -> distill (DMD2) -> evaluate -> quality gate (promotes the ZenML model version) -> export;
+teacher -> teacher pairs -> distill (DMD2, CTM or a LowDiff cascade: distill.method) -> evaluate -> quality gate (promotes the ZenML model version) -> export;
 run report (dashboard) -> W&B. Wiring only."""
 from typing import Any, Dict, Optional
 
