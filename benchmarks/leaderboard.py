@@ -845,27 +845,62 @@ def earlier_rows(result: dict) -> list[str]:
     own = result["provenance"]["commit"]
     kept = [f"{r['name']} (`{r['measured']['commit'].partition(' ')[0]}`, {r['measured']['finished_utc']})"
             for r in result["rows"] if r.get("measured", {}).get("commit", own) != own]
-    return [f"Rows kept from earlier runs of this dataset (same data, teacher and protocol; trained with the "
-            f"defaults of their commit): {'; '.join(kept)}.", ""] if kept else []
+    lines = [f"Rows kept from earlier runs of this dataset (same data, teacher and protocol; trained with the "
+             f"defaults of their commit): {'; '.join(kept)}.", ""] if kept else []
+    sha = result["protocol"]["teacher_sha256"]
+    other = {}
+    for r in result["rows"]:
+        m = r.get("measured", {})
+        if m.get("teacher_sha256") not in (None, sha):
+            other.setdefault((m["teacher_sha256"], m["teacher_fid"]), []).append(r["name"])
+    for (old_sha, fid), names in other.items():
+        lines += [f"Measured on the same teacher recipe trained on another machine, whose weights differ from this "
+                  f"table's teacher by float rounding (sha256 `{old_sha[:12]}` vs `{sha[:12]}`; FID at its default "
+                  f"sampler {fid:.2f} vs {next(t['fid'] for t in result['teacher'] if t['default']):.2f}): "
+                  f"{'; '.join(names)}.", ""]
+    return lines
 
 
 COMPARABLE = ("feature_net", "num_samples", "sample_seeds", "reference", "real_floor_fid", "teacher_sha256",
               "torch_threads", "image_shape")        # protocol keys that make two runs' rows one table
+# The same recipe retrained on another machine (another CPU model: other float rounding in the kernels) gives a
+# teacher and feature net that differ in their last bits. Their rows stay one table when the figures that show it
+# agree to these relative tolerances; the page names the rows measured on the earlier teacher.
+ROUNDING = {"real_floor_fid": 1e-4, "teacher_fid": 1e-3}
+
+
+def rounding_only(previous: dict, result: dict) -> bool:
+    """Whether two runs differ only by float rounding: the same protocol but for the teacher's hash and the real
+    floor, the floor and the default teacher's FID within ROUNDING."""
+    p, r = previous.get("protocol", {}), result["protocol"]
+    if any(p.get(k) != r.get(k) for k in COMPARABLE if k not in ("teacher_sha256", "real_floor_fid")):
+        return False
+    t_old = next((t["fid"] for t in previous.get("teacher", []) if t.get("default")), None)
+    t_new = next((t["fid"] for t in result.get("teacher", []) if t.get("default")), None)
+    close = lambda a, b, tol: a is not None and b is not None and abs(a - b) <= tol * abs(b)   # noqa: E731
+    return close(p.get("real_floor_fid"), r["real_floor_fid"], ROUNDING["real_floor_fid"]) and \
+        close(t_old, t_new, ROUNDING["teacher_fid"])
 
 
 def merge_previous(result: dict, previous: dict | None, order: list[str]) -> dict:
     """The rows of `result` plus those of the dataset's previous JSON that this run did not measure, when both
-    share the protocol (data, teacher, feature net, reference, samples, seeds); in the spec's order."""
+    share the protocol (data, teacher, feature net, reference, samples, seeds) - or differ only by float rounding
+    (`rounding_only`: the kept rows then name the teacher they were measured on); in the spec's order."""
     if not previous:
         return result
-    if any(previous.get("protocol", {}).get(k) != result["protocol"].get(k) for k in COMPARABLE):
+    same = all(previous.get("protocol", {}).get(k) == result["protocol"].get(k) for k in COMPARABLE)
+    if not same and not rounding_only(previous, result):
         print(f"{result['dataset']}: the previous results use another protocol or teacher: not merged",
               file=sys.stderr)
         return result
     have = {r["name"] for r in result["rows"]}
     old = previous["provenance"]
+    retrained = {} if same else {"teacher_sha256": previous["protocol"]["teacher_sha256"],
+                                 "teacher_fid": next(t["fid"] for t in previous["teacher"] if t.get("default"))}
     kept = [{**r, "measured": r.get("measured") or {"commit": old["commit"], "finished_utc": old["finished_utc"]}}
             for r in previous["rows"] if r["name"] not in have and r["name"] in order]
+    kept = [{**r, "measured": {**r["measured"], **retrained}} if retrained and "teacher_sha256" not in r["measured"]
+            else r for r in kept]
     rows = sorted(result["rows"] + kept, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     guidance = result.get("teacher_guidance") or (previous.get("teacher_guidance") if any(
         "w" in r.get("sampling", {}) for r in kept) else None)          # the reference of kept guided rows

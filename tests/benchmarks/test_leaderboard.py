@@ -242,6 +242,31 @@ def test_write_docs_keeps_the_rows_it_did_not_run(board):
         == ["two steps"]
 
 
+def test_a_teacher_retrained_elsewhere_merges_only_within_float_rounding(board):
+    """The same recipe on another machine: the teacher's hash differs and the floor moves in its last digits. The
+    rows stay one table when the floor and the default teacher's FID agree to ROUNDING; the kept rows name their
+    teacher, and the page says so. A larger difference is another teacher: not merged."""
+    tmp, _, _, r = board
+    saved = json.loads((tmp / "results" / "tiny.json").read_text())
+    new = json.loads(json.dumps(saved))
+    new["rows"] = [row for row in new["rows"] if row["name"] == "two steps"]
+    new["protocol"]["teacher_sha256"] = "f" * 64
+    new["protocol"]["real_floor_fid"] *= 1 + 5e-6
+    new["teacher"][0]["fid"] *= 1 + 5e-4
+    merged = lb.merge_previous(new, saved, ["one step", "two steps"])
+    assert [x["name"] for x in merged["rows"]] == ["one step", "two steps"]
+    assert merged["rows"][0]["measured"]["teacher_sha256"] == saved["protocol"]["teacher_sha256"]
+    assert "teacher_sha256" not in merged["rows"][1].get("measured", {})
+    assert any("by float rounding" in line and "one step" in line for line in lb.earlier_rows(merged))
+    for key, factor in (("teacher", 1 + 5e-3), ("floor", 1 + 1e-3)):
+        far = json.loads(json.dumps(new))
+        if key == "teacher":
+            far["teacher"][0]["fid"] = saved["teacher"][0]["fid"] * factor
+        else:
+            far["protocol"]["real_floor_fid"] = saved["protocol"]["real_floor_fid"] * factor
+        assert [x["name"] for x in lb.merge_previous(far, saved, ["one step", "two steps"])["rows"]] == ["two steps"]
+
+
 def test_a_sweep_row_trains_once_per_seed_and_scores_each_recipe(board, tmp_path, capsys):
     """A CTM row with sweep {steps, gamma} expands to one row per recipe; each training seed is distilled
     once, its student saved, and a recipe added later is scored from the saved student (no retraining)."""
