@@ -9,8 +9,8 @@ resolutions r_l, each taking its share of the batch (distill.level_weights):
 
     x_l     = downsample(x, R / r_l)                                   the data at level l
     x_low   = upsample(downsample(x_l, r_l / r_{l-1}), r_l / r_{l-1})  its low-resolution input (none at l = 0)
-    sigma   ~ ln sigma ~ N(P_mean, P_std^2), truncated above at start_sigma_l for l >= 1 (a level above the
-              first is only ever sampled from its start level down; distill.truncate)
+    sigma   ~ ln sigma ~ N(P_mean, P_std^2), truncated above at train_sigma_max_l >= start_sigma_l for l >= 1 (a
+              level above the first is only ever sampled from its start level down)
     L_l     = lambda(sigma) || D(x_l + sigma n, sigma, c; x_low, e(r_l)) - x_l ||^2      (EDM eq. 2, Table 1)
     L       = mean over the batch of every level's per-sample L_l
 
@@ -47,11 +47,13 @@ class LowDiffConfig(DistillConfig):
     method: Literal["lowdiff"] = "lowdiff"
     resolutions: Optional[tuple[int, ...]] = None   # the cascade's levels, increasing, the last = the data's (None:
                                              # [R/2, R], two levels); each must pass the UNet's downsamplings
-    steps: tuple[int, ...] = (8, 3)          # Heun steps per level (NFE 2 n - 1 each): the lowest from sigma_max,
+    steps: tuple[int, ...] = (8, 4)          # Heun steps per level (NFE 2 n - 1 each): the lowest from sigma_max,
                                              # each higher one from its start_sigma
     start_sigma: tuple[float, ...] = (1.0,)  # the noise each level above the first starts from (one per level)
+    train_sigma_max: Optional[tuple[float, ...]] = (5.0,)   # the highest noise each level above the first trains on
+                                             # (>= its start_sigma; None: the whole schedule; unused with one level).
+                                             # A one-seed pilot on Fashion 8 -> 16 (docs/lowdiff.md) chose 5
     level_weights: Optional[tuple[float, ...]] = None   # share of each batch per level (None: equal)
-    truncate: bool = True                    # levels above the first train on sigma <= their start_sigma only
     block_out_channels: Optional[tuple[int, ...]] = None  # the UNet's widths (None: the teacher's)
     layers_per_block: Optional[int] = Field(None, ge=1)   # (None: the teacher's)
     lr: float = Field(1e-3, gt=0)            # Adam, as the teacher (components/teacher.py)
@@ -67,6 +69,14 @@ def cascade_resolutions(cfg: LowDiffConfig, full: int, depth: int, sigma_min: fl
     """The configured resolutions checked against the data's resolution and the UNet (one-line ConfigErrors)."""
     res = list(cfg.resolutions) if cfg.resolutions is not None else [full // 2, full]
     res = check_levels(res, full, depth, cfg.steps, cfg.start_sigma, sigma_min, sigma_max)
+    if cfg.train_sigma_max is not None and (len(res) > 1 or "train_sigma_max" in cfg.model_fields_set):
+        if len(cfg.train_sigma_max) != len(res) - 1:
+            raise ConfigError(f"config field 'distill.train_sigma_max': {list(cfg.train_sigma_max)}; expected one noise "
+                              f"level per level above the first ({len(res) - 1} for resolutions {res}), or null")
+        for top, start in zip(cfg.train_sigma_max, cfg.start_sigma):
+            if not start <= top <= sigma_max:
+                raise ConfigError(f"config field 'distill.train_sigma_max': {top} must lie in [start_sigma {start}, "
+                                  f"sigma_max {sigma_max}]: a level samples from its start, so it must train there")
     if cfg.level_weights is not None and (len(cfg.level_weights) != len(res) or min(cfg.level_weights) < 0
                                           or sum(cfg.level_weights) <= 0):
         raise ConfigError(f"config field 'distill.level_weights': {list(cfg.level_weights)}; expected one weight >= 0 "
@@ -144,7 +154,7 @@ class LowDiff(Method):
         if level > 0:
             f = r // self.resolutions[level - 1]
             x_low = upsample(downsample(x_l, f), f)
-        cap = cfg.start_sigma[level - 1] if level > 0 and cfg.truncate else self.model.sigma_max
+        cap = cfg.train_sigma_max[level - 1] if level > 0 and cfg.train_sigma_max is not None else self.model.sigma_max
         sigma = truncated_sigmas(u, cfg.P_mean, cfg.P_std, cap)
         sigma = sigma.clamp(self.model.sigma_min, self.model.sigma_max)
         s_d = self.model.sigma_data

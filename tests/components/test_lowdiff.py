@@ -157,6 +157,10 @@ def test_batch_shares_and_budget():
     ({"start_sigma": []}, "distill.start_sigma", "one start noise per level above the first"),
     ({"steps": [3]}, "distill.steps", "one Heun step count >= 1 per level"),
     ({"level_weights": [1.0]}, "distill.level_weights", "one weight >= 0 per level"),
+    ({"train_sigma_max": [0.5]}, "distill.train_sigma_max", r"must lie in \[start_sigma 1.0"),
+    ({"train_sigma_max": [2.0, 3.0]}, "distill.train_sigma_max", "one noise level per level above the first"),
+    ({"resolutions": [8], "steps": [3], "start_sigma": [], "train_sigma_max": [2.0]}, "distill.train_sigma_max",
+     "one noise level per level above the first"),
 ])
 def test_bad_cascade_configs_name_the_field(tiny_teacher, digits, override, field, says):
     with pytest.raises(ConfigError, match=rf"'{field}'.*{says}") as err:
