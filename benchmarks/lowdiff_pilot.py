@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     from components.teacher import build_teacher
 
     prov = provenance(sys.argv[1:] if argv is None else list(argv))
-    data = load_dataset(DataConfig(path=args.data, resolution=16, split="source"))
+    data = load_dataset(DataConfig(path=args.data, resolution=16))     # Fashion-MNIST: its own train/test split
     widths = build_teacher(TeacherConfig(block_out_channels=tuple(int(w) for w in args.widths.split(","))),
                            data.num_classes, 1, 16)          # the UNet's shape and sigma range only
     fnet, _ = train_feature_net(FeatureNetConfig(train_steps=args.feature_steps, seed=args.seed), data, progress=False)

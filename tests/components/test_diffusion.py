@@ -55,7 +55,7 @@ def test_sampler_contract(name):
 
 
 def test_unknown_sampler():
-    with pytest.raises(ValueError, match="valid: ddim, fewstep, gamma, heun"):
+    with pytest.raises(ValueError, match="valid: cascade, ddim, fewstep, gamma, heun"):
         get_sampler("euler_a")
 
 
