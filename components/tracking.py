@@ -44,14 +44,19 @@ def log_run(cfg: TrackingConfig, name: str, group: str, config: dict, history: l
                      config=config, dir=directory, mode=mode, reinit="finish_previous",
                      settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
     try:
-        last = 0
-        for row in history:
-            last = int(row.get("iteration", last + 1))
-            run.log({f"distill/{k}": v for k, v in _finite(row).items() if k != "iteration"}, step=last)
+        rows, last = {}, 0
+        for row in history:                 # rows sharing an iteration merge into one
+            it = int(row.get("iteration", last + 1))
+            last = max(last, it)
+            rows.setdefault(it, {}).update({f"distill/{k}": v for k, v in _finite(row).items() if k != "iteration"})
         media = {f"samples/{k}": wandb.Image(v, caption=k) for k, v in pictures.items()}
         if report_html is not None:
             media["report"] = wandb.Html(report_html, inject=False)
-        run.log(media, step=last)
+        rows.setdefault(last, {}).update(media)
+        # each row committed at once (commit=True) rather than left open until the next step arrives:
+        # a later row at a lower step would be dropped by W&B, so steps only increase and pictures join the last row
+        for step in sorted(rows):
+            run.log(rows[step], step=step, commit=True)
         for k, v in _finite(metrics).items():
             run.summary[f"eval/{k}"] = v
         folder = Path(run.dir).parent

@@ -48,7 +48,10 @@ def test_offline_run_holds_history_metrics_config_and_pictures(tmp_path, monkeyp
         if r.WhichOneof("record_type") == "history":
             items = {i.nested_key[0] if i.nested_key else i.key: i.value_json for i in r.history.item}
             steps[int(items["_step"])] = items
+    kinds = [r.WhichOneof("record_type") for r in records]
+    assert set(steps) == {50, 100}, f"history steps {sorted(steps)} in records {kinds}"
     assert float(steps[50]["distill/loss_dm"]) == 0.5 and float(steps[100]["distill/fid"]) == 12.5
+    assert float(steps[100]["distill/loss_dm"]) == 0.4 and any(k.startswith("samples/") for k in steps[100])
     summary = {(i.nested_key[0] if i.nested_key else i.key): i.value_json for r in records
                if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
     assert float(summary["eval/student_fid"]) == 12.0 and "eval/nan" not in summary
