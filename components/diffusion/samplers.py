@@ -17,18 +17,27 @@ def _D(denoiser, x, sigma, cond):
     return denoiser.guided(x, sigma, labels, scale)
 
 
+def heun_step(x: torch.Tensor, t, s, D: Callable) -> torch.Tensor:
+    """One 2nd-order Heun step t -> s of the probability-flow ODE (EDM Algorithm 1, lines 4-8) with the
+    denoiser D(x, sigma); an Euler step where s = 0. t, s: floats or one per sample."""
+    t_, s_ = _per_sample(t, x), _per_sample(s, x)
+    d = (x - D(x, t)) / t_
+    x_next = x + (s_ - t_) * d
+    last = s_ <= 0
+    if bool(last.all()):
+        return x_next
+    s_safe = torch.where(last, torch.ones_like(s_), s_)
+    d_next = (x_next - D(x_next, s_safe.flatten() if torch.is_tensor(s) and s.ndim else s)) / s_safe
+    return torch.where(last, x_next, x + (s_ - t_) * 0.5 * (d + d_next))
+
+
 @torch.no_grad()
 def sample_heun(denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond, *,
                 generator: Optional[torch.Generator] = None, callback: Optional[Callable] = None) -> torch.Tensor:
     """EDM Algorithm 1: deterministic 2nd-order Heun on the probability-flow ODE (2N-1 NFE)."""
     for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        d = (x - _D(denoiser, x, s, cond)) / s
-        x_next = x + (s_next - s) * d
-        if s_next > 0:
-            d_next = (x_next - _D(denoiser, x_next, s_next, cond)) / s_next
-            x_next = x + (s_next - s) * 0.5 * (d + d_next)
-        x = x_next
+        s = sigmas[i]
+        x = heun_step(x, s, sigmas[i + 1], lambda v, sig: _D(denoiser, v, sig, cond))
         if callback is not None:
             callback({"i": i, "sigma": float(s), "x": x})
     return x

@@ -58,9 +58,14 @@ class GuidedConfig(WStudentConfig):
     # halving's distill config over the keys it shares with this one (e.g. iterations, lr)
     target_steps: Optional[int] = Field(None, ge=1)
     halving: dict[str, Any] = Field(default_factory=dict)
+    # the first halving's teacher solver (progressive.ProgressiveConfig.teacher_solver): "heun" (ours, the default)
+    # makes the first halving learn the stage-1 student's Heun trajectory; "ddim" is the paper's; None: as the
+    # other halvings (halving.teacher_solver). docs/guided.md has the measurement behind the default
+    first_halving_solver: Optional[Literal["ddim", "heun"]] = "heun"
 
 
-CHAIN_KEYS = ("target_steps", "halving")      # GuidedConfig keys of the chain, not of stage 1's training
+# GuidedConfig keys of the chain, not of stage 1's training
+CHAIN_KEYS = ("target_steps", "halving", "first_halving_solver")
 
 
 def halving_plan(start_steps: int, target_steps: int) -> list[int]:

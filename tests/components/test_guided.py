@@ -9,6 +9,7 @@ import torch
 
 from components.config import ConfigError
 from components.diffusion import GuidedDenoiser, ddim_step, ddim_target, load_denoiser, save_denoiser
+from components.diffusion.samplers import heun_step
 from components.diffusion.generate import generate
 from components.diffusion.noise_schedule import karras_sigmas
 from components.methods import build_method, distill, parse_distill_config
@@ -68,6 +69,27 @@ def test_the_two_step_target_is_the_exact_solution_up_to_the_solvers_error():
     # the last step ends at 0: the target is the two steps' clean image itself
     two = two_ddim_steps(x_t, 0.3, 0.1, 0.0)
     assert torch.allclose(ddim_target(x_t, two, 0.3, 0.0), two)
+
+
+def test_heun_two_step_target_is_closer_to_the_exact_solution_than_ddims():
+    """teacher_solver heun: two Heun steps with the exact denoiser have local error O(h^3) (DDIM's is O(h^2)), the
+    one-step target lands on them, and a Heun step to sigma 0 is the Euler (DDIM) step. Per-sample t works."""
+    x_t = _x() * (SD**2 + 1.0) ** 0.5
+    t, errors = 1.0, []
+    for h in (0.2, 0.1, 0.05):
+        t1, t2 = t - h, t - 2 * h
+        two = heun_step(heun_step(x_t, t, t1, exact_denoiser), t1, t2, exact_denoiser)
+        exact = exact_solution(x_t, t, t2)
+        errors.append(float((two - exact).abs().max()))
+        assert errors[-1] < 0.25 * float((two_ddim_steps(x_t, t, t1, t2) - exact).abs().max())
+        assert torch.allclose(ddim_step(x_t, ddim_target(x_t, two, t, t2), t, t2), two, atol=1e-12)
+    assert errors[0] / errors[1] > 6 and errors[1] / errors[2] > 6                  # O(h^3)
+    assert torch.allclose(heun_step(x_t, 0.3, 0.0, exact_denoiser), ddim_step(x_t, exact_denoiser(x_t, 0.3), 0.3, 0.0),
+                          rtol=0, atol=1e-12)
+    ts, ss = torch.tensor([1.0, 0.5, 0.3, 0.3], dtype=torch.float64), torch.tensor([0.8, 0.2, 0.0, 0.1], dtype=torch.float64)
+    batch = heun_step(x_t, ts, ss, exact_denoiser)
+    for k in range(4):
+        assert torch.allclose(batch[k:k + 1], heun_step(x_t[k:k + 1], float(ts[k]), float(ss[k]), exact_denoiser))
 
 
 def test_the_ddim_step_is_the_euler_step_of_the_ode():
@@ -135,6 +157,22 @@ def test_a_progressive_student_that_hits_its_target_does_two_teacher_steps_in_on
     assert student.sampling == {"sampler": "ddim", "sigmas": [round(v, 6) for v in levels[::2]]}
 
 
+def test_a_heun_teacher_halving_targets_two_heun_steps_of_its_teacher(guided_teacher, digits):
+    method = build_method(guided_teacher, {"method": "progressive", **TINY, "teacher_solver": "heun"}, digits)
+    x, y = digits.split("train")[0][:4], digits.split("train")[1][:4]
+    z, w = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)), torch.tensor([0.0, 1.0, 2.0, 3.0])
+    torch.manual_seed(0)
+    z_t, t, x_tilde = method.target(x, y, z, w)
+    levels = guided_teacher.sampling["sigmas"]
+    for k in range(4):
+        i = levels.index(pytest.approx(float(t[k]), rel=1e-6))
+        zk, yk, wk = z_t[k:k + 1], y[k:k + 1], float(w[k])
+        with torch.no_grad():
+            D = lambda v, sig: guided_teacher.with_w(v, sig, yk, wk)     # noqa: E731
+            z2 = heun_step(heun_step(zk, levels[i], levels[i + 1], D), levels[i + 1], levels[i + 2], D)
+        assert torch.allclose(ddim_step(zk, x_tilde[k:k + 1], levels[i], levels[i + 2]), z2, rtol=1e-4, atol=1e-3)
+
+
 def test_the_chain_config_gives_each_halving_its_own_config_whatever_the_chain_end():
     """stage_one drops the chain keys and each halving names its own step count, so a chain asked for one more
     halving leaves stage 1's and the earlier halvings' configs (the pipeline's cache keys) unchanged."""
@@ -148,6 +186,13 @@ def test_the_chain_config_gives_each_halving_its_own_config_whatever_the_chain_e
     assert (cfg["method"], cfg["target_steps"], cfg["iterations"], cfg["lr"]) == ("progressive", 2, 7, 5e-4)
     assert cfg["batch_size"] == TINY["batch_size"] and cfg["w_max"] == short.w_max     # shared with stage 1
     assert halvings(parse_distill_config({"method": "guided", **TINY})) == []           # stage 1 only
+    paper = parse_distill_config({**longer.model_dump(), "first_halving_solver": "ddim"})
+    assert stage_one(paper) == stage_one(longer)                                         # stage 1 unchanged
+    assert [c["teacher_solver"] for _, c in halvings(longer)] == ["heun", "ddim", "ddim"]    # the default
+    assert [c["teacher_solver"] for _, c in halvings(paper)] == ["ddim"] * 3
+    every = parse_distill_config({**longer.model_dump(), "first_halving_solver": None,
+                                  "halving": {"teacher_solver": "heun"}})
+    assert [c["teacher_solver"] for _, c in halvings(every)] == ["heun"] * 3
 
 
 def test_the_chain_halves_the_guided_students_grid(tiny_teacher, digits):
