@@ -404,10 +404,11 @@ def distill_one(ctx: Context, row: dict, seed: int, long: float) -> tuple[object
     return kept["student"], curve, kept["seconds"]
 
 
-def distill_chain(ctx: Context, row: dict, seed: int, long: float) -> tuple[dict, list, float]:
+def distill_chain(ctx: Context, row: dict, seed: int, long: float) -> tuple[dict, list, float, dict]:
     """A guided chain (distill.method guided with target_steps; components/methods/progressive.py) for one
-    training seed -> ({step count: that stage's student}, [], seconds of the whole chain). --long does not
-    apply (no convergence curve for a chain)."""
+    training seed -> ({step count: that stage's student}, [], seconds of the whole chain, {chain_seconds:
+    {step count: seconds of distillation up to and including that stage}}). --long does not apply (no
+    convergence curve for a chain)."""
     from components.methods import build_method, distill, parse_distill_config
     from components.methods.progressive import halvings, stage_one
 
@@ -417,11 +418,13 @@ def distill_chain(ctx: Context, row: dict, seed: int, long: float) -> tuple[dict
     method = build_method(ctx.teacher, stage_one(cfg), ctx.data)
     distill(method, progress=True)
     students = {cfg.sampling_steps: method.student()}
+    upto = {str(cfg.sampling_steps): time.perf_counter() - t0}
     for steps, halving in halvings(cfg):
         method = build_method(students[2 * steps], halving, ctx.data)
         distill(method, progress=True)
         students[steps] = method.student()
-    return students, [], time.perf_counter() - t0
+        upto[str(steps)] = time.perf_counter() - t0
+    return students, [], time.perf_counter() - t0, {"chain_seconds": upto}
 
 
 def distill_fan_out(ctx: Context, row: dict, seed: int, long: float) -> tuple[object, list, float, dict]:
@@ -552,10 +555,10 @@ def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) ->
     print(f"{ctx.name}: {row['name']}, training seed {seed}", file=sys.stderr)
     chain = distill_cfg.get("method") == "guided" and distill_cfg.get("target_steps") is not None
     fan_out, extra = distill_cfg.get("method") == "msd", {}
-    if fan_out:
-        student, curve, seconds, extra = distill_fan_out(ctx, row, seed, long)
+    if fan_out or chain:
+        student, curve, seconds, extra = (distill_fan_out if fan_out else distill_chain)(ctx, row, seed, long)
     else:
-        student, curve, seconds = (distill_chain if chain else distill_one)(ctx, row, seed, long)
+        student, curve, seconds = distill_one(ctx, row, seed, long)
     model, scale = sampled(student, row)
     if distill_cfg.get("method") == "lowdiff":
         extra = cascade_figures(ctx, model, distill_cfg)
@@ -599,6 +602,9 @@ def student_row(ctx: Context, row: dict, seeds: list[int], long: float, teacher:
             **({"throughput_b256": mean("throughput_b256"), "fid_per_train_seed": fids} if "fre_nfe" in per_seed[0]
                else {}),
             **({"compare_to": row["compare_to"]} if "compare_to" in row else {}),
+            **({"chain_seconds": {k: statistics.fmean(r["chain_seconds"][k] for r in per_seed)
+                                  for k in per_seed[0]["chain_seconds"]}}
+               if all("chain_seconds" in r for r in per_seed) else {}),
             **({"fan_out_seconds_longest_branch": mean("fan_out_seconds_longest_branch"),
                 "parameters_total": per_seed[0]["parameters_total"]} if "fan_out_seconds_longest_branch" in per_seed[0]
                else {}),
@@ -814,6 +820,21 @@ def cascade_tables(result: dict) -> list[str]:
     return lines + [""]
 
 
+def chain_budget(result: dict, row: dict) -> str:
+    """The chain's seconds up to each stage (mean over the training seeds) and, where the same dataset's result
+    has a `DMD2 1-step` row, the seconds to 4 steps over DMD2's (issue 17's budget: stage 1 + halvings to 4
+    steps within 2x DMD2's distillation)."""
+    upto = row.get("chain_seconds")
+    if not upto:
+        return ""
+    text = "; up to each stage: " + ", ".join(f"{n} steps {upto[n]:.0f} s" for n in sorted(upto, key=int, reverse=True))
+    dmd2 = next((r for r in result["rows"] if r["name"] == "DMD2 1-step"), None)
+    if dmd2 is not None and "4" in upto:
+        text += (f"; to 4 steps = {upto['4'] / dmd2['distill_seconds']:.2f} x DMD2 1-step's "
+                 f"{dmd2['distill_seconds']:.0f} s (measured {dmd2.get('measured', {}).get('finished_utc', '?')})")
+    return text
+
+
 def guidance_tables(result: dict) -> list[str]:
     """Per guided chain: FID mean +- std over the training seeds (class accuracy) of each stage's student at each
     w, the CFG teacher at the same w above them, and each student's FID / the teacher's at that w."""
@@ -825,7 +846,8 @@ def guidance_tables(result: dict) -> list[str]:
         cell = {(r["sampling"]["steps"], r["sampling"]["w"]): r for r in rows}
         lines = [f"{name}: FID (class accuracy) by stage and guidance w - one chain per training seed, mean +- std "
                  f"over {len(rows[0]['train_seeds'])} training seeds; ratio: the student's FID / the CFG teacher's "
-                 f"at the same w. Whole chain: {rows[0]['distill_seconds']:.0f} s of distillation per seed.", "",
+                 f"at the same w. Whole chain: {rows[0]['distill_seconds']:.0f} s of distillation per seed"
+                 + chain_budget(result, rows[0]) + ".", "",
                  "| model (NFE at w > 0) | " + " | ".join(f"w {w:g}" for w in ws) + " |", "|---|" + "---|" * len(ws)]
         if teacher:
             nfe = max((teacher[w]["nfe"] for w in ws if w in teacher), default="?")

@@ -321,10 +321,16 @@ def test_a_guided_chain_trains_once_per_seed_and_is_scored_per_stage_and_w(board
     assert [(row["sampling"]["steps"], row["sampling"]["w"], row["nfe"]) for row in r["rows"]] == [
         (2, 0.0, 2), (2, 1.0, 2), (1, 0.0, 1), (1, 1.0, 1)]                 # one evaluation per step at any w
     assert len({row["distill_seconds"] for row in r["rows"]}) == 1            # the whole chain's seconds
+    upto = r["rows"][0]["chain_seconds"]                                      # seconds up to each stage
+    assert sorted(upto) == ["1", "2", "4"] and upto["4"] < upto["2"] < upto["1"] <= r["rows"][0]["distill_seconds"]
     t = {row["w"]: row for row in r["teacher_guidance"]}
     assert t[1.0]["nfe"] == 2 * t[0.0]["nfe"] and t[0.0]["fid"] != t[1.0]["fid"]
     page = (tmp_path / "results.md").read_text()
     assert "guided: FID (class accuracy) by stage and guidance w" in page and "| teacher, CFG" in page
+    assert "up to each stage: 4 steps " in page and ", 1 steps " in page
+    dmd2 = {"name": "DMD2 1-step", "distill_seconds": 2 * upto["4"], "measured": {"finished_utc": "then"}}
+    assert lb.chain_budget({"rows": [dmd2]}, r["rows"][0]).endswith("to 4 steps = 0.50 x DMD2 1-step's "
+                                                                   f"{2 * upto['4']:.0f} s (measured then)")
     assert "| guided 2-step, w 0 |" in page and "| guided 2-step, w 1 |" not in page      # the main table: w 0
     assert (out / "tiny-fid-vs-w.png").is_file() and "tiny-fid-vs-w.png" in page
     bad = {**s, "rows": [{"name": "guided", "distill": chain, "sweep": {"w": [0.0], "steps": [3]}}]}
