@@ -517,6 +517,9 @@ def _adopt_named_entry(path: Path, named_key: str) -> None:
     old.rename(path)
 
 
+_TRAINED: set[Path] = set()      # the cache entries this process trained: --fresh trains a sweep's student once
+
+
 def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) -> tuple[dict, list]:
     """One training seed of a row -> (its figures, its checkpoint curve up to long x iterations or further),
     from the cache when a run of the same distill overrides (the row's name is not part of the key), seed,
@@ -536,7 +539,7 @@ def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) ->
     folder = path.with_suffix("")                       # the saved student of a sweep's training
     _adopt_named_entry(path, _key(*shared, row.get("train_as", row["name"]), seed))
     end = int(round(int(distill_cfg["iterations"]) * long))
-    if path.is_file() and not fresh:
+    if path.is_file() and (not fresh or path in _TRAINED):
         entry = json.loads(path.read_text())
         same = all(entry["distill"][k] == v for k, v in distill_cfg.items() if k in entry["distill"])
         if same and (entry["end"] >= end or entry.get("chain")):      # a chain has no --long curve
@@ -570,6 +573,7 @@ def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) ->
         save_trained(student, folder)
         entry["results"] = {row["name"]: result}
     write_json(path, entry)
+    _TRAINED.add(path)
     return result, curve
 
 
@@ -968,6 +972,7 @@ def render(folder: Path, page_path: Path) -> None:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    _TRAINED.clear()
     folder = Path(args.results)
     page_path = Path(args.write_docs or ROOT / PAGE)
     if args.from_json:

@@ -317,6 +317,11 @@ def test_a_guided_chain_trains_once_per_seed_and_is_scored_per_stage_and_w(board
                  "--write-docs", str(tmp_path / "results.md")])[0]
     err = capsys.readouterr().err
     assert err.count("training seed 0") == 4 and err.count("cached student") == 3    # one chain trained
+    lb.main(["--spec", str(path), "--cache", str(tmp / "cache"), "--train-seeds", "1", "--results", str(out),
+             "--fresh"])
+    again = capsys.readouterr().err                                   # --fresh: the chain trained again, once
+    assert sum(line.endswith("training seed 0") for line in again.splitlines()) == 1
+    assert again.count("cached student") == 3
     assert "distill (guided)" in err and "distill (progressive)" in err
     assert [(row["sampling"]["steps"], row["sampling"]["w"], row["nfe"]) for row in r["rows"]] == [
         (2, 0.0, 2), (2, 1.0, 2), (1, 0.0, 1), (1, 1.0, 1)]                 # one evaluation per step at any w
