@@ -42,6 +42,10 @@ class WStudentConfig(DistillConfig):
 
     w_min: float = Field(0.0, ge=0)          # w ~ U[w_min, w_max] per sample (Meng et al.: [0, 4])
     w_max: float = Field(4.0, ge=0)
+    # the fraction of each batch at w = 0 exactly (no guidance: the conditional model), the rest w ~ U[w_min, w_max].
+    # Ours, not the paper's: the one network shares its capacity over the w range, and w = 0 is where the
+    # users' plain conditional samples come from (docs/guided.md has the measurement)
+    w_zero_prob: float = Field(0.0, ge=0, le=1)
     lr: float = Field(2e-4, gt=0)            # Adam
     lr_warmup: int = Field(0, ge=0)          # linear warm-up iterations, then constant
     ema_decay: float = Field(0.99, ge=0, lt=1)   # EMA of eta that is evaluated and exported (0 = the online net)
@@ -134,8 +138,12 @@ class GuidedDistillation(Method):
         return GuidedDenoiser.from_teacher(teacher)
 
     def sample_w(self, n: int) -> torch.Tensor:
+        """w per sample: U[w_min, w_max], a fraction w_zero_prob of them set to 0 (same draws across ranks)."""
         u = torch.rand(self.world.global_size(n), generator=self.rng)
-        return self.world.shard(self.cfg.w_min + (self.cfg.w_max - self.cfg.w_min) * u).to(self.device)
+        w = self.cfg.w_min + (self.cfg.w_max - self.cfg.w_min) * u
+        if self.cfg.w_zero_prob > 0:                   # no extra draw otherwise: runs without it are unchanged
+            w = torch.where(torch.rand(len(w), generator=self.rng) < self.cfg.w_zero_prob, torch.zeros_like(w), w)
+        return self.world.shard(w).to(self.device)
 
     def target(self, x: torch.Tensor, c: torch.Tensor, z: torch.Tensor, w: torch.Tensor):
         """(z_t, t, the regression target) for clean images x, labels c, noise z and guidance w."""

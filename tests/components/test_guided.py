@@ -215,6 +215,22 @@ def test_halving_bookkeeping_errors_name_the_field(tiny_teacher, guided_teacher,
         build_method(tiny_teacher, {"method": "guided", **TINY, "w_min": 2.0, "w_max": 1.0}, digits)
 
 
+def test_w_zero_prob_puts_that_fraction_of_w_at_zero(tiny_teacher, digits):
+    """w ~ U[w_min, w_max] with a fraction w_zero_prob set to exactly 0; at 0 (the default) the draws are the
+    plain uniform ones, unchanged."""
+    cfg = {"method": "guided", **TINY, "w_min": 0.5, "w_max": 2.0}
+    plain = build_method(tiny_teacher, cfg, digits).sample_w(4000)
+    assert plain.min() >= 0.5 and plain.max() <= 2.0 and not (plain == 0).any()
+    again = build_method(tiny_teacher, {**cfg, "w_zero_prob": 0.0}, digits).sample_w(4000)
+    assert torch.equal(plain, again)
+    w = build_method(tiny_teacher, {**cfg, "w_zero_prob": 0.3}, digits).sample_w(4000)
+    zero = w == 0
+    assert abs(zero.float().mean().item() - 0.3) < 0.03
+    assert torch.equal(w[~zero], plain[~zero])             # the others keep their uniform draws
+    with pytest.raises(ConfigError, match="w_zero_prob"):
+        parse_distill_config({"method": "guided", **TINY, "w_zero_prob": 1.5})
+
+
 def test_save_and_load_keep_the_w_embedding(guided_teacher, tmp_path):
     save_denoiser(guided_teacher, tmp_path / "s")
     back = load_denoiser(tmp_path / "s")
