@@ -551,8 +551,9 @@ def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) ->
                 print(f"{ctx.name}: {row['name']}, training seed {seed}: cached student ({folder.name})",
                       file=sys.stderr)
                 model, scale = sampled(load_trained(folder), row)
+                # "commit": where the student was trained (its entry's); "scored_at": where this row was scored
                 results[row["name"]] = {**entry["result"], **ctx.evaluate(model, row["name"], scale),
-                                        "commit": ctx.commit}
+                                        "scored_at": ctx.commit}
                 write_json(path, {**entry, "results": results})
                 return results[row["name"]], [tuple(c) for c in entry["curve"]]
     print(f"{ctx.name}: {row['name']}, training seed {seed}", file=sys.stderr)
@@ -834,9 +835,17 @@ def chain_budget(result: dict, row: dict) -> str:
     text = "; up to each stage: " + ", ".join(f"{n} steps {upto[n]:.0f} s" for n in sorted(upto, key=int, reverse=True))
     dmd2 = next((r for r in result["rows"] if r["name"] == "DMD2 1-step"), None)
     if dmd2 is not None and "4" in upto:
+        # wall-clock on a shared machine drifts between sessions: name the commits both were trained at, so a
+        # reader sees whether the two come from one run
         text += (f"; to 4 steps = {upto['4'] / dmd2['distill_seconds']:.2f} x DMD2 1-step's "
-                 f"{dmd2['distill_seconds']:.0f} s (measured {dmd2.get('measured', {}).get('finished_utc', '?')})")
+                 f"{dmd2['distill_seconds']:.0f} s (DMD2 1-step trained at {_trained_at(dmd2)}, this chain at "
+                 f"{_trained_at(row)})")
     return text
+
+
+def _trained_at(row: dict) -> str:
+    """The commit(s) a row's training seeds ran at (short hashes)."""
+    return ", ".join(sorted({str(s.get("commit", "?"))[:7] for s in row.get("per_seed", [])})) or "?"
 
 
 def guidance_tables(result: dict) -> list[str]:

@@ -333,9 +333,11 @@ def test_a_guided_chain_trains_once_per_seed_and_is_scored_per_stage_and_w(board
     page = (tmp_path / "results.md").read_text()
     assert "guided: FID (class accuracy) by stage and guidance w" in page and "| teacher, CFG" in page
     assert "up to each stage: 4 steps " in page and ", 1 steps " in page
-    dmd2 = {"name": "DMD2 1-step", "distill_seconds": 2 * upto["4"], "measured": {"finished_utc": "then"}}
-    assert lb.chain_budget({"rows": [dmd2]}, r["rows"][0]).endswith("to 4 steps = 0.50 x DMD2 1-step's "
-                                                                   f"{2 * upto['4']:.0f} s (measured then)")
+    dmd2 = {"name": "DMD2 1-step", "distill_seconds": 2 * upto["4"], "per_seed": [{"commit": "abcdef0123"}]}
+    here = r["rows"][0]["per_seed"][0]["commit"][:7]                         # the commit each side trained at
+    assert lb.chain_budget({"rows": [dmd2]}, r["rows"][0]).endswith(
+        f"to 4 steps = 0.50 x DMD2 1-step's {2 * upto['4']:.0f} s (DMD2 1-step trained at abcdef0, this chain at "
+        f"{here})")
     assert "| guided 2-step, w 0 |" in page and "| guided 2-step, w 1 |" not in page      # the main table: w 0
     assert (out / "tiny-fid-vs-w.png").is_file() and "tiny-fid-vs-w.png" in page
     bad = {**s, "rows": [{"name": "guided", "distill": chain, "sweep": {"w": [0.0], "steps": [3]}}]}
