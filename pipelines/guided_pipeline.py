@@ -3,31 +3,19 @@ lineage; ingest -> validate -> dataset -> feature net -> reference features -> t
 (distill.method guided: one network with w as an input) -> one distill step per halving (N -> N/2 -> ...
 -> distill.target_steps, each student its own artifact: a longer chain reuses the cached ones) -> evaluate
 (w = 0) -> the sweep over evaluation.guidance_w (the CFG teacher, then each stage's student) -> quality gate
-(promotes the ZenML model version) -> export (w an input); run report (dashboard) -> W&B. Wiring only."""
+(promotes the ZenML model version) -> export (w an input); run report (dashboard) -> W&B.
+Wiring only (the shared steps: pipelines/wiring.py)."""
 from typing import Any, Dict, Optional
 
 from zenml import Model, pipeline
 
-from components.data.versioning import run_lineage
 from components.methods import check_pipeline
 from components.methods.progressive import halvings, stage_one
 from components.params import load_params
-from steps.dataset import build_dataset
+from pipelines.wiring import downstream, evaluate_teacher_step, upstream
 from steps.distill import distill_step
-from steps.evaluate_student import evaluate_student
-from steps.evaluate_teacher import evaluate_teacher
-from steps.export import export_model
-from steps.feature_net import feature_net_step
-from steps.gate import quality_gate
 from steps.guidance import guidance_sweep_step
-from steps.ingest import ingest_data
-from steps.lineage import record_lineage
 from steps.names import GUIDED_MODEL_NAME
-from steps.references import reference_statistics
-from steps.report import report_step
-from steps.teacher import teacher_step
-from steps.validate import validate_data
-from steps.wandb_log import log_to_wandb
 
 
 @pipeline(name="guided_pipeline", model=Model(name=GUIDED_MODEL_NAME, description="Few-step students with the "
@@ -45,32 +33,17 @@ def guided_pipeline(params_file: Optional[str] = None, data: Optional[Dict[str, 
                       compute=compute)
     check_pipeline(cfg.distill.method, "guided_pipeline")
     threads, ev = cfg.compute.threads, cfg.evaluation
-    lineage = run_lineage(cfg.as_dict(), params_file)
-    record_lineage(lineage)
-    manifest = ingest_data(cfg.data, lineage["data_md5"])
-    validation = validate_data(manifest, cfg.data)
-    dataset = build_dataset(manifest, validation, cfg.data)
-    feature_net = feature_net_step(dataset, cfg.features, threads)
-    references = reference_statistics(dataset, feature_net, ev.extractor(), threads)
-    teacher_model, _ = teacher_step(dataset, cfg.teacher, threads)
-    student, history, loss_curve = distill_step(teacher_model, dataset, None, feature_net, references,
+    up = upstream(cfg, params_file, pairs=False)
+    data = (up.dataset, up.feature_net, up.references)
+    student, history, loss_curve = distill_step(up.teacher, up.dataset, None, up.feature_net, up.references,
                                                 stage_one(cfg.distill), ev.extractor(), ev.num_samples, threads)
-    teacher_metrics, teacher_features, teacher_grid = evaluate_teacher(teacher_model, dataset, feature_net,
-                                                                       references, ev, threads)
-    sweep = guidance_sweep_step(teacher_model, "teacher (CFG)", None, dataset, feature_net, references, ev, threads,
-                                id="guidance_sweep_teacher")
-    sweep = guidance_sweep_step(student, f"student, {cfg.distill.sampling_steps}-step", sweep, dataset, feature_net,
-                                references, ev, threads, id=f"guidance_sweep_{cfg.distill.sampling_steps}_steps")
+    teacher_eval = evaluate_teacher_step(cfg, up)
+    sweep = guidance_sweep_step(up.teacher, "teacher (CFG)", None, *data, ev, threads, id="guidance_sweep_teacher")
+    sweep = guidance_sweep_step(student, f"student, {cfg.distill.sampling_steps}-step", sweep, *data, ev, threads,
+                                id=f"guidance_sweep_{cfg.distill.sampling_steps}_steps")
     for steps, halving in halvings(cfg.distill):
-        student, history, loss_curve = distill_step(student, dataset, None, feature_net, references, halving,
+        student, history, loss_curve = distill_step(student, up.dataset, None, up.feature_net, up.references, halving,
                                                     ev.extractor(), ev.num_samples, threads, id=f"halve_to_{steps}")
-        sweep = guidance_sweep_step(student, f"student, {steps}-step", sweep, dataset, feature_net, references, ev,
-                                    threads, id=f"guidance_sweep_{steps}_steps")
-    metrics, student_grid = evaluate_student(student, teacher_model, dataset, feature_net, references,
-                                             teacher_metrics, teacher_features, ev, threads)
-    decision = quality_gate(metrics, dataset, feature_net, references, ev, cfg.gate, lineage["built_at"])
-    export_model(student, decision, metrics, lineage, dataset, cfg.export)
-    report, fid_plot = report_step(metrics, teacher_metrics, decision, teacher_grid, student_grid, lineage, history,
-                                   sweep)
-    log_to_wandb(history, metrics, decision, teacher_grid, student_grid, fid_plot, loss_curve, report, lineage,
-                 cfg.tracking, sweep)
+        sweep = guidance_sweep_step(student, f"student, {steps}-step", sweep, *data, ev, threads,
+                                    id=f"guidance_sweep_{steps}_steps")
+    downstream(cfg, up, student, history, loss_curve, teacher_eval, sweep)

@@ -1,7 +1,7 @@
 """infra/: the offline Kubeflow compile (checked in the compiled YAML, not trusted), the GPU rules, the
 image's Dockerfile and the ZenML stack recipes. Every zenml call runs in a process of its own (a forked child
 of one driver process, see FORK_DRIVER) on a throwaway store."""
-import ast
+import functools
 import json
 import os
 import re
@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,6 @@ PYTHON = sys.executable
 KUBEFLOW_CONFIG = ROOT / "configs" / "dmd2_kubeflow.yaml"
 GUIDED_KUBEFLOW_CONFIG = ROOT / "configs" / "guided_kubeflow.yaml"
 MSD_KUBEFLOW_CONFIG = ROOT / "configs" / "msd_kubeflow.yaml"
-PIPELINE_FILE = ROOT / "pipelines" / "dmd2_pipeline.py"
 DOCKERFILE = ROOT / "infra" / "docker" / "Dockerfile"
 INFRA_KEYS = {"settings", "environment", "steps", "secrets"}      # what may differ between local and kubeflow
 SECRET_NAME = re.compile(r"(^|_)(KEY|TOKEN|SECRET|PASSWORD)(S)?($|_)", re.I)     # WANDB_API_KEY, ..._TOKEN
@@ -150,28 +150,32 @@ def run_forked(tmp: Path, cases: dict, preload: list, env: dict, parallel: bool,
             for name, (out, err) in files.items()}
 
 
+FLOW_SCRIPT = """
+import json, sys
+from pipelines import dmd2_pipeline
+p = dmd2_pipeline.copy()
+p.prepare(params_file=sys.argv[1])
+flow = {name: sorted({a.invocation_id for a in inv.input_artifacts.values()} | set(inv.upstream_steps))
+        for name, inv in p.invocations.items()}
+open(sys.argv[2], "w").write(json.dumps(flow))
+"""
+
+
+@functools.lru_cache(maxsize=None)
 def pipeline_flow() -> dict:
-    """step -> the steps whose outputs it takes, read from the pipeline's own wiring (pipelines/dmd2_pipeline.py):
-    a variable assigned from a step call carries that step; other assignments carry what they read."""
-    tree = ast.parse(PIPELINE_FILE.read_text())
-    step_of = {a.asname or a.name: a.name for node in tree.body if isinstance(node, ast.ImportFrom)
-               and (node.module or "").startswith("steps.") for a in node.names}
-    body = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "dmd2_pipeline").body
-    carries: dict = {}
-    flow: dict = {}
-    for stmt in body:
-        value = getattr(stmt, "value", None)
-        if not isinstance(stmt, (ast.Assign, ast.Expr)) or value is None:
-            continue
-        read = set().union(*[carries.get(n.id, set()) for n in ast.walk(value) if isinstance(n, ast.Name)])
-        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id in step_of:
-            step = step_of[value.func.id]
-            flow[step], read = read, {step}
-        for target in getattr(stmt, "targets", []):
-            for name in ast.walk(target):
-                if isinstance(name, ast.Name):
-                    carries[name.id] = read
-    return flow
+    """step -> the steps whose outputs it takes, as ZenML records dmd2_pipeline's wiring (pipelines/dmd2_pipeline.py
+    and the shared steps of pipelines/wiring.py) when the pipeline function runs - each step invocation's input
+    artifacts and explicit upstream steps - in a process of its own on a throwaway store, apart from the Kubeflow
+    compile the tests compare with it."""
+    tmp = Path(tempfile.mkdtemp(prefix="flow-"))
+    try:
+        proc = subprocess.run([PYTHON, "-c", FLOW_SCRIPT, str(ROOT / "params.yaml"), str(tmp / "flow.json")], cwd=ROOT,
+                              env=isolated_env(tmp), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        flow = json.loads((tmp / "flow.json").read_text())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {step: set(deps) for step, deps in flow.items()}
 
 
 def gpu_steps_in_config(cfg: dict) -> set:
