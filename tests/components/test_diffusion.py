@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from components.config import ConfigError
-from components.diffusion import (EDMDenoiser, VPDenoiser, get_sampler, karras_sigmas, load_denoiser,
-                                  save_denoiser)
+from components.diffusion import EDMDenoiser, VPDenoiser, get_sampler, karras_sigmas, load_denoiser, save_denoiser
 from components.diffusion.generate import balanced_labels, generate
 from components.nets import build_unet
 
@@ -69,6 +68,19 @@ def test_generate_counts_nfe_and_balances_classes():
     assert out.images.shape == (9, 1, 8, 8) and out.images.abs().max() <= 1
     D.sampling = {"sampler": "fewstep", "sigmas": [80.0, 0.0]}
     assert generate(D, labels, seed=0).nfe == 1
+
+
+def test_generate_samples_in_eval_mode():
+    """generate puts a denoiser in eval mode when it, or only one submodule, is training (and leaves it so)."""
+    D = _edm()
+    D.sampling = {"sampler": "fewstep", "sigmas": [80.0, 0.0]}
+    labels = balanced_labels(3, 3)
+    reference = generate(D, labels, seed=0).images
+    for training in (D, D.unet.down_blocks[0]):
+        training.train()
+        assert any(m.training for m in D.modules())
+        assert torch.equal(generate(D, labels, seed=0).images, reference)
+        assert not any(m.training for m in D.modules())
 
 
 def test_edm_save_load_roundtrip(tmp_path):
