@@ -1,0 +1,106 @@
+"""Batch-1 latency of a routed MSD bundle against the single student, measured side by side.
+
+Issue 18's latency target compares the p50 latency at batch 1 of K smaller one-step students (routed by class)
+with the single DMD2 student's. On a shared 2-core machine the wall-clock of one model drifts by tens of percent
+between runs minutes apart (the leaderboard's rows are measured at different times), so this script measures the
+models interleaved: round after round, each model's p50 over `--repeats` one-image generations
+(components.metrics.evaluate.latency_p50: sampler included, one warm-up), and reports each bundle's median over
+the rounds of its p50 / the single student's p50 of the same round.
+
+Latency does not depend on the weights: the models are freshly initialised networks of the architectures the
+leaderboard trains (the single student: the dataset config's teacher UNet; a bundle: K students of
+`--student-channels`), sampled with the one-step recipe.
+
+    python benchmarks/msd_latency.py --dataset digits [--student-channels 24,48 48 32] [--out result.json]
+
+Prints one JSON object (with provenance).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.provenance import provenance, utc_now  # noqa: E402
+
+SHAPES = {"digits": (1, 8), "fashion16": (1, 16)}          # (channels, resolution) of each leaderboard dataset
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=sorted(SHAPES), default="digits")
+    p.add_argument("--student-channels", nargs="+", default=["24,48"],
+                   help="one bundle per value: its students' UNet widths per level, comma-separated")
+    p.add_argument("--students", type=int, default=4, help="K: students per bundle")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=50, help="one-image generations per p50")
+    p.add_argument("--out", type=Path, help="also write the JSON here")
+    args = p.parse_args(argv)
+    try:
+        args.student_channels = [tuple(int(v) for v in s.split(",")) for s in args.student_channels]
+    except ValueError:
+        p.error(f"--student-channels: expected comma-separated integers per bundle, got {args.student_channels}")
+    if args.students < 1 or args.rounds < 1 or args.repeats < 1:
+        p.error("--students, --rounds and --repeats must be at least 1")
+    return args
+
+
+def models(dataset: str, bundles: list[tuple[int, ...]], K: int) -> dict:
+    """{name: one-step denoiser}: the single student (the teacher's architecture) and one routed bundle per width."""
+    import torch
+
+    from benchmarks.leaderboard import SPEC, load_spec, run_config
+    from components.diffusion.denoiser import EDMDenoiser
+    from components.diffusion.routed import RoutedDenoiser
+    from components.methods.msd import class_subsets
+    from components.nets import build_unet
+
+    cfg = run_config(load_spec(str(SPEC), dataset, None, None)["datasets"][dataset]["config"])
+    t, (C, H), classes = cfg.teacher, SHAPES[dataset], 10
+
+    def student(channels):
+        torch.manual_seed(0)
+        d = EDMDenoiser(build_unet(H, C, classes, channels, t.layers_per_block, t.norm_num_groups), classes,
+                        t.sigma_min, t.sigma_max, 0.5).eval()
+        d.sampling = {"sampler": "fewstep", "sigmas": [t.sigma_max, 0.0]}
+        return d
+
+    subsets = class_subsets([1] * classes, K)
+    out = {f"single {tuple(t.block_out_channels)}": student(tuple(t.block_out_channels))}
+    for channels in bundles:
+        out[f"{K} routed {channels}"] = RoutedDenoiser([student(channels) for _ in subsets], subsets).eval()
+    return out
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    prov = provenance(sys.argv[1:] if argv is None else list(argv))
+    from components.metrics.evaluate import latency_p50
+    from components.training import pin_threads
+
+    pin_threads(2)
+    ms = models(args.dataset, args.student_channels, args.students)
+    single = next(iter(ms))
+    p50 = {name: [] for name in ms}
+    for _ in range(args.rounds):                          # interleaved: drift hits every model alike
+        for name, m in ms.items():
+            p50[name].append(1000 * latency_p50(m, m.num_classes, args.repeats))
+    result = {"dataset": args.dataset, "rounds": args.rounds, "repeats": args.repeats, "models": {
+        name: {"parameters_per_image": getattr(m, "active_parameters", None) or sum(p.numel() for p in m.parameters()),
+               "p50_ms_per_round": [round(v, 3) for v in p50[name]],
+               "p50_ms_median": round(statistics.median(p50[name]), 3),
+               "ratio_to_single_median": round(statistics.median(a / b for a, b in zip(p50[name], p50[single])), 3)}
+        for name, m in ms.items()}, "provenance": {**prov, "finished_utc": utc_now()}}
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
