@@ -12,6 +12,7 @@ leaderboard trains (the single student: the dataset config's teacher UNet; a bun
 `--student-channels`), sampled with the one-step recipe.
 
     python benchmarks/msd_latency.py --dataset digits [--student-channels 24,48 48 32] [--out result.json]
+        [--markdown docs/msd-latency-digits.md]
 
 Prints one JSON object (with provenance).
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.provenance import provenance, utc_now  # noqa: E402
+from components.atomic import write_text  # noqa: E402
 
 SHAPES = {"digits": (1, 8), "fashion16": (1, 16)}          # (channels, resolution) of each leaderboard dataset
 
@@ -39,6 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=50, help="one-image generations per p50")
     p.add_argument("--out", type=Path, help="also write the JSON here")
+    p.add_argument("--markdown", type=Path, help="also write a markdown page of the table (with provenance) here")
     args = p.parse_args(argv)
     try:
         args.student_channels = [tuple(int(v) for v in s.split(",")) for s in args.student_channels]
@@ -98,8 +101,27 @@ def main(argv=None) -> dict:
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
-        args.out.write_text(text)
+        write_text(args.out, text)
+    if args.markdown:
+        write_text(args.markdown, page(result))
     return result
+
+
+def page(result: dict) -> str:
+    """The result as a markdown page: what was measured, where and when, and the table."""
+    prov = result["provenance"]
+    lines = [f"# Batch-1 latency of routed MSD bundles ({result['dataset']})", "",
+             "Written by `benchmarks/msd_latency.py`; do not edit by hand. One-step sampling of one image "
+             "(sampler included), freshly initialised networks of each architecture, measured interleaved: "
+             f"{result['rounds']} rounds, each model's p50 over {result['repeats']} generations per round.", "",
+             f"Measured {prov['started_utc']} to {prov['finished_utc']} on {prov['machine']}, at commit "
+             f"`{prov['commit']}`. Command: `python benchmarks/msd_latency.py {' '.join(prov['argv'])}`.", "",
+             "| model | parameters per image | p50 ms (median over rounds) | p50 / single's (median over rounds) |",
+             "|---|---|---|---|"]
+    for name, m in result["models"].items():
+        lines.append(f"| {name} | {m['parameters_per_image']:,} | {m['p50_ms_median']:.2f} | "
+                     f"{m['ratio_to_single_median']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

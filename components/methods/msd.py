@@ -44,7 +44,7 @@ class MSDConfig(DMD2Config):
                                            # student is a copy of the teacher, one dmd2 stage)
     student_layers_per_block: Optional[int] = Field(None, ge=1)  # smaller students: ResNet blocks per level
                                            # (None: the teacher's)
-    tsm_iterations: int = Field(300, ge=1)  # smaller students, stage 1: teacher score matching iterations
+    tsm_iterations: int = Field(1000, ge=1)  # smaller students, stage 1: teacher score matching iterations
     dm_iterations: int = Field(300, ge=1)   # smaller students, stage 2: distribution matching without the GAN;
                                            # stage 3 (adv) runs distill.iterations
     lr_tsm: float = Field(1e-3, gt=0)       # AdamW lr of teacher score matching
