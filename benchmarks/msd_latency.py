@@ -52,18 +52,29 @@ def parse_args(argv=None):
     return args
 
 
+def teacher_config(dataset: str):
+    """The teacher section of the dataset's run config (the leaderboard spec's), read without the checks a run makes
+    (the data need not be here: only the architecture is used)."""
+    from benchmarks.leaderboard import ROOT, SPEC, load_spec
+    from components.config import TeacherConfig, parse_section
+    from components.params import merge, read_params, read_yaml
+
+    config = ROOT / load_spec(str(SPEC), dataset, None, None)["datasets"][dataset]["config"]
+    params = (read_yaml(config, f"run config '{config}'", "a ZenML run config") or {}).get("parameters") or {}
+    base = read_params(str(ROOT / params["params_file"])) if params.get("params_file") else {}
+    return parse_section(TeacherConfig, merge(base.get("teacher") or {}, params.get("teacher") or {}), "teacher")
+
+
 def models(dataset: str, bundles: list[tuple[int, ...]], K: int) -> dict:
     """{name: one-step denoiser}: the single student (the teacher's architecture) and one routed bundle per width."""
     import torch
 
-    from benchmarks.leaderboard import SPEC, load_spec, run_config
     from components.diffusion.denoiser import EDMDenoiser
     from components.diffusion.routed import RoutedDenoiser
     from components.methods.msd import class_subsets
     from components.nets import build_unet
 
-    cfg = run_config(load_spec(str(SPEC), dataset, None, None)["datasets"][dataset]["config"])
-    t, (C, H), classes = cfg.teacher, SHAPES[dataset], 10
+    t, (C, H), classes = teacher_config(dataset), SHAPES[dataset], 10
 
     def student(channels):
         torch.manual_seed(0)
