@@ -58,15 +58,15 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_batch(denoiser, z: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
-                 guidance_scale: float = 1.0, checked: bool = False) -> torch.Tensor:
+                 guidance_scale: float = 1.0) -> torch.Tensor:
     """Images in [-1, 1] from standard-normal noise z (scaled to the recipe's first sigma here), the denoiser in
-    eval mode (`checked`: the caller has put it there, as generate does once for all its batches)."""
+    eval mode."""
     recipe = denoiser.sampling
     sigmas = torch.tensor(recipe["sigmas"], dtype=torch.float32)
     device = next(denoiser.parameters()).device
     options = {k: v for k, v in recipe.items() if k not in ("sampler", "sigmas")}      # e.g. CTM's gamma
     cond = {"class_labels": labels.to(device), "guidance_scale": guidance_scale, **options}
-    denoiser = denoiser if checked else in_eval_mode(denoiser)
+    denoiser = in_eval_mode(denoiser)
     x = get_sampler(recipe["sampler"])(denoiser, (z * sigmas[0]).to(device), sigmas.to(device), cond,
                                        generator=generator)
     return x.clamp(-1, 1).cpu()
@@ -87,6 +87,6 @@ def generate(denoiser, labels: torch.Tensor, seed: int, batch_size: int = 500,
         y = labels[i:i + batch_size]
         z = torch.randn((len(y), *shape), generator=g)
         counter.calls = 0
-        out.append(sample_batch(counter, z, y, g, guidance_scale, checked=True))
+        out.append(sample_batch(counter, z, y, g, guidance_scale))
         nfe = counter.calls
     return Generated(torch.cat(out), labels, nfe, time.perf_counter() - t0)
