@@ -346,23 +346,30 @@ def teacher_rows(ctx: Context) -> list[dict]:
     return rows
 
 
-def teacher_guidance_rows(ctx: Context, ws: list[float]) -> list[dict]:
+def teacher_guidance_rows(ctx: Context, ws: list[float], default: dict) -> list[dict]:
     """The teacher with classifier-free guidance at each w (scale 1 + w: two network evaluations per step where
-    w > 0) at its default sampler - the reference of a guided chain's rows at the same w; cached like
-    teacher_rows."""
+    w > 0) at its default sampler - the reference of a guided chain's rows at the same w. At w = 0 (scale 1: no
+    guidance) it is the `default` teacher row, the same samples. Cached like teacher_rows, one file per w (a run
+    stopped halfway keeps the w it finished); a file of the whole sweep written before that is still read."""
+    from components.atomic import write_json
+
     evaluation = ctx.cfg.evaluation.model_dump(mode="json", exclude={"guidance_w"})
-    key = _key(ctx.paths["feature_net"].name, ctx.protocol(), evaluation, ws)
-    cache = ctx.paths["teacher"].parent / f"{ctx.paths['teacher'].name}-guidance-{key}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
+    stem = ctx.paths["teacher"].parent / f"{ctx.paths['teacher'].name}-guidance"
+    whole = Path(f"{stem}-{_key(ctx.paths['feature_net'].name, ctx.protocol(), evaluation, ws)}.json")
+    if whole.is_file():
+        return json.loads(whole.read_text())
     rows = []
     for w in ws:
         label = f"teacher (CFG, w {w:g})"
-        print(f"{ctx.name}: {label}", file=sys.stderr)
-        rows.append({"name": label, "kind": "teacher", "w": w, **ctx.evaluate(ctx.teacher, label, 1.0 + w)})
-    from components.atomic import write_json
-
-    write_json(cache, rows)
+        if float(w) == 0.0:
+            rows.append({**{k: v for k, v in default.items() if k != "default"}, "name": label, "w": w})
+            continue
+        cache = Path(f"{stem}-w{w:g}-{_key(ctx.paths['feature_net'].name, ctx.protocol(), evaluation)}.json")
+        if not cache.is_file():
+            print(f"{ctx.name}: {label}", file=sys.stderr)
+            write_json(cache, {"name": label, "kind": "teacher", "w": w,
+                               **ctx.evaluate(ctx.teacher, label, 1.0 + w)})
+        rows.append(json.loads(cache.read_text()))
     return rows
 
 
@@ -638,13 +645,14 @@ def run_dataset(name: str, spec: dict, args, prov: dict) -> dict:
     ctx = Context(name, config, cfg, paths, spec["sample_seeds"])
     teacher = teacher_rows(ctx)
     ws = sorted({r["sampling"]["w"] for r in spec["rows"] if "w" in r.get("sampling", {})})
-    guidance = teacher_guidance_rows(ctx, ws) if ws else None
     default = next(t for t in teacher if t["default"])
     ctx.commit = prov["commit"]
     rows = []
     for row in spec["rows"]:
         rows.append(student_row(ctx, row, spec["train_seeds"], args.long, default, args.fresh))
         rows[-1]["measured"] = {"commit": prov["commit"], "finished_utc": utc_now()}
+    # after the students: a long run stopped halfway has cached the trained chains first (CFG teacher: 2 x NFE)
+    guidance = teacher_guidance_rows(ctx, ws, default) if ws else None
     return {"dataset": name, "config": config, "protocol": ctx.protocol(), "train_seeds": spec["train_seeds"],
             "teacher": teacher, **({"teacher_guidance": guidance} if guidance else {}), "rows": rows,
             "provenance": {**prov, "finished_utc": utc_now()}}

@@ -330,6 +330,9 @@ def test_a_guided_chain_trains_once_per_seed_and_is_scored_per_stage_and_w(board
     assert sorted(upto) == ["1", "2", "4"] and upto["4"] < upto["2"] < upto["1"] <= r["rows"][0]["distill_seconds"]
     t = {row["w"]: row for row in r["teacher_guidance"]}
     assert t[1.0]["nfe"] == 2 * t[0.0]["nfe"] and t[0.0]["fid"] != t[1.0]["fid"]
+    default = next(row for row in r["teacher"] if row["default"])      # w 0: the default teacher row, not resampled
+    assert t[0.0]["fid_per_sample_seed"] == default["fid_per_sample_seed"] and "teacher (CFG, w 0)" not in err
+    assert "teacher (CFG, w 1)" in err and "teacher (CFG, w 1)" not in again      # cached per w
     page = (tmp_path / "results.md").read_text()
     assert "guided: FID (class accuracy) by stage and guidance w" in page and "| teacher, CFG" in page
     assert "up to each stage: 4 steps " in page and ", 1 steps " in page
