@@ -456,6 +456,34 @@ def distill_fan_out(ctx: Context, row: dict, seed: int, long: float) -> tuple[ob
     return route(students, cfg, ctx.data), [], sum(per_branch), {"fan_out_seconds_longest_branch": max(per_branch)}
 
 
+def distill_cascade(ctx: Context, row: dict, seed: int, long: float) -> tuple[object, list, float, dict]:
+    """A LowDiff row with distill.cascade_dmd2 (components/methods/cascade_dmd2.py) for one training seed: the
+    cascade that the LowDiff row of the same overrides (less cascade_dmd2) trains for this seed - its saved student
+    when that row has run, else trained here and saved for it - then DMD2 on it -> (the distilled cascade, [],
+    seconds of the DMD2 step, {cascade_seconds: of the cascade's training, when it ran here}). --long does not
+    apply."""
+    from components.methods import build_method, distill, distill_stages, parse_distill_config
+
+    cfg = parse_distill_config({**row_distill(ctx.cfg, row), "seed": seed, "checkpoint_every": 0, "resume": "never",
+                                "fid_every": 0})
+    (_, training), (_, dmd2) = distill_stages(cfg)
+    folder = entry_path(ctx, {k: v for k, v in row["distill"].items() if k != "cascade_dmd2"}, seed).with_suffix("")
+    extra = {}
+    if (folder / "cascade.json").is_file():
+        print(f"{ctx.name}: {row['name']}, training seed {seed}: the cached cascade ({folder.name})", file=sys.stderr)
+        cascade = load_trained(folder)
+    else:
+        t0 = time.perf_counter()
+        method = build_method(ctx.teacher, training, ctx.data)
+        distill(method, progress=True)
+        cascade, extra["cascade_seconds"] = method.student(), time.perf_counter() - t0
+        save_trained(cascade, folder)
+    t0 = time.perf_counter()
+    method = build_method(cascade, dmd2, ctx.data)
+    distill(method, progress=True)
+    return method.student(), [], time.perf_counter() - t0, extra
+
+
 def cascade_figures(ctx: Context, model, distill_cfg: dict) -> dict:
     """A LowDiff cascade's (or its one-level baseline's) own figures: NFE per level and in full-resolution
     equivalents, the training budget in full-resolution-equivalent images, and images/s at batch 256 (one warm-up
@@ -524,6 +552,16 @@ def _adopt_named_entry(path: Path, named_key: str) -> None:
     old.rename(path)
 
 
+def _shared(ctx: Context) -> tuple:
+    return ctx.paths["dataset"].name, ctx.paths["feature_net"].name, ctx.paths["teacher"].name, ctx.protocol()
+
+
+def entry_path(ctx: Context, overrides: dict, seed: int) -> Path:
+    """The cache entry of one training seed of a row with these distill overrides (its saved student, if any: the
+    path less .json) - keyed by what the row changes, not by its name: a renamed row keeps its students."""
+    return ctx.paths["teacher"].parent / "students" / f"{_key(*_shared(ctx), overrides, seed)}.json"
+
+
 _TRAINED: set[Path] = set()      # the cache entries this process trained: --fresh trains a sweep's student once
 
 
@@ -540,11 +578,9 @@ def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) ->
 
     distill_cfg = {k: v for k, v in row_distill(ctx.cfg, row).items() if k not in OPERATIONAL}
     distill_cfg["seed"] = seed
-    shared = (ctx.paths["dataset"].name, ctx.paths["feature_net"].name, ctx.paths["teacher"].name, ctx.protocol())
-    # keyed by what the row changes (its distill overrides), not by its name: a renamed row keeps its students
-    path = ctx.paths["teacher"].parent / "students" / f"{_key(*shared, row.get('distill') or {}, seed)}.json"
-    folder = path.with_suffix("")                       # the saved student of a sweep's training
-    _adopt_named_entry(path, _key(*shared, row.get("train_as", row["name"]), seed))
+    path = entry_path(ctx, row.get("distill") or {}, seed)
+    folder = path.with_suffix("")                       # the saved student of a sweep's training (or a LowDiff row's)
+    _adopt_named_entry(path, _key(*_shared(ctx), row.get("train_as", row["name"]), seed))
     end = int(round(int(distill_cfg["iterations"]) * long))
     if path.is_file() and (not fresh or path in _TRAINED):
         entry = json.loads(path.read_text())
@@ -566,17 +602,22 @@ def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) ->
     print(f"{ctx.name}: {row['name']}, training seed {seed}", file=sys.stderr)
     chain = distill_cfg.get("method") == "guided" and distill_cfg.get("target_steps") is not None
     fan_out, extra = distill_cfg.get("method") == "msd", {}
-    if fan_out or chain:
-        student, curve, seconds, extra = (distill_fan_out if fan_out else distill_chain)(ctx, row, seed, long)
+    lowdiff = distill_cfg.get("method") == "lowdiff"
+    distilled = lowdiff and distill_cfg.get("cascade_dmd2") is not None        # DMD2 on the row's cascade
+    if fan_out or chain or distilled:
+        run = distill_fan_out if fan_out else distill_chain if chain else distill_cascade
+        student, curve, seconds, extra = run(ctx, row, seed, long)
     else:
         student, curve, seconds = distill_one(ctx, row, seed, long)
     model, scale = sampled(student, row)
-    if distill_cfg.get("method") == "lowdiff":
-        extra = cascade_figures(ctx, model, distill_cfg)
+    if lowdiff:
+        extra = {**extra, **cascade_figures(ctx, model, distill_cfg)}
+        if not distilled:
+            save_trained(student, folder)                # the cascade a row with cascade_dmd2 distils
     result = {"seed": seed, "distill_seconds": seconds, **extra, **ctx.evaluate(model, row["name"], scale),
               "commit": ctx.commit}
     entry = {"distill": distill_cfg, "end": end, "curve": curve, "result": result,
-             **({"chain": True} if chain or fan_out else {})}     # no --long curve
+             **({"chain": True} if chain or fan_out or distilled else {})}     # no --long curve
     if "train_as" in row:
         save_trained(student, folder)
         entry["results"] = {row["name"]: result}

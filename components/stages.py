@@ -19,6 +19,8 @@ A guided chain (params_guided.yaml: distill.method guided with target_steps) is 
 `distill --halving K --teacher <the previous student>` per halving, then `evaluate --sweep <every student>`.
 Multi-student distillation (params_msd.yaml: distill.method msd) is `distill --subset K` per class subset (that
 branch's stages in order), then `route --students <the K folders>` (the routed bundle), then evaluate / export.
+A LowDiff cascade with distill.cascade_dmd2 (params_lowdiff.yaml) is `distill` (the cascade's training), then
+`distill --cascade --teacher <the trained cascade>` (DMD2 on it: one evaluation per level), then evaluate / export.
 
 Each stage writes into a temp folder beside its output and renames it when done, so a failed or
 killed stage leaves nothing half-written. Two stages resume instead: `pairs` keeps its finished
@@ -114,10 +116,11 @@ def _stage_config(cfg: RunConfig, halving: int, teacher) -> dict:
     """The distill config of this run: the configured method's, or with --halving K > 0 the K-th halving of a
     guided chain (distill.method guided: components/methods/progressive.py), whose teacher must sample in twice
     the steps that halving's student will."""
+    from components.methods import distill_stages
     from components.methods.progressive import halvings, stage_one
 
-    if not halving:
-        return stage_one(cfg.distill) if cfg.distill.method == "guided" else cfg.distill.model_dump(mode="json")
+    if not halving:      # a LowDiff cascade's training without distill.cascade_dmd2 (that is the --cascade stage)
+        return stage_one(cfg.distill) if cfg.distill.method == "guided" else distill_stages(cfg.distill)[0][1]
     if cfg.distill.method != "guided":
         raise ConfigError(f"--halving {halving}: distill.method is {cfg.distill.method!r}; halvings belong to a "
                           "guided chain (distill.method guided with distill.target_steps)")
@@ -136,7 +139,17 @@ def _stage_config(cfg: RunConfig, halving: int, teacher) -> dict:
 
 def _branch_configs(cfg: RunConfig, a: argparse.Namespace, teacher) -> list[tuple[str, dict]]:
     """(stage name, distill config) to run in order: the configured method's one ('' name), the --halving K of a
-    guided chain, or with --subset K the stages of an MSD fan-out branch (components/methods/msd.py)."""
+    guided chain, with --cascade DMD2 on a LowDiff cascade (components/methods/cascade_dmd2.py), or with --subset K
+    the stages of an MSD fan-out branch (components/methods/msd.py)."""
+    if a.cascade:
+        from components.methods import distill_stages
+
+        stages = distill_stages(cfg.distill)
+        if len(stages) < 2:
+            raise ConfigError("--cascade: DMD2 on a LowDiff cascade needs distill.method lowdiff with "
+                              f"distill.cascade_dmd2 set (distill.method is {cfg.distill.method!r}"
+                              f"{', distill.cascade_dmd2 unset' if cfg.distill.method == 'lowdiff' else ''})")
+        return [("", stages[1][1])]
     if cfg.distill.method != "msd":
         if a.subset is not None:
             raise ConfigError(f"--subset {a.subset}: distill.method is {cfg.distill.method!r}; subsets belong to "
@@ -371,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--halving", type=int, default=0, help="distill: the K-th halving (1, 2, ...) of a guided chain "
                     "(distill.method guided with target_steps) on --teacher, the previous student; 0: the configured "
                     "method (a guided chain's stage 1)")
+    ap.add_argument("--cascade", action="store_true", help="distill: DMD2 on the LowDiff cascade given as --teacher "
+                    "(distill.method lowdiff's student), with distill.cascade_dmd2's settings")
     ap.add_argument("--subset", type=int, default=None, help="distill: the K-th class subset of multi-student "
                     "distillation (distill.method msd): runs that branch's stages in order")
     ap.add_argument("--students", default=None, help="route: the MSD branches' student folders in subset order, "

@@ -1,12 +1,13 @@
 """dmd2_pipeline: lineage; ingest -> validate -> dataset -> feature net -> reference features ->
-teacher -> teacher pairs -> distill (DMD2, CTM or a LowDiff cascade: distill.method) -> evaluate ->
+teacher -> teacher pairs -> distill (DMD2, CTM or a LowDiff cascade: distill.method; a LowDiff cascade with
+distill.cascade_dmd2: then distill_cascade, DMD2 on it) -> evaluate ->
 quality gate (promotes the ZenML model version) -> export; run report (dashboard) -> W&B.
 Wiring only (the shared steps: pipelines/wiring.py)."""
 from typing import Any, Dict, Optional
 
 from zenml import Model, pipeline
 
-from components.methods import check_pipeline
+from components.methods import check_pipeline, distill_stages
 from components.params import load_params
 from pipelines.wiring import downstream, upstream
 from steps.distill import distill_step
@@ -28,7 +29,10 @@ def dmd2_pipeline(params_file: Optional[str] = None, data: Optional[Dict[str, An
                       compute=compute)
     check_pipeline(cfg.distill.method, "dmd2_pipeline")     # guided: pipelines.guided_pipeline
     up = upstream(cfg, params_file, pairs=True)
-    student, history, loss_curve = distill_step(up.teacher, up.dataset, up.pairs, up.feature_net, up.references,
-                                                cfg.distill.model_dump(mode="json"), cfg.evaluation.extractor(),
-                                                cfg.evaluation.num_samples, cfg.compute.threads)
+    student, pairs = up.teacher, up.pairs
+    for step_id, section in distill_stages(cfg.distill):     # one step; LowDiff + cascade_dmd2: two, chained
+        student, history, loss_curve = distill_step(student, up.dataset, pairs, up.feature_net, up.references,
+                                                    section, cfg.evaluation.extractor(), cfg.evaluation.num_samples,
+                                                    cfg.compute.threads, id=step_id)
+        pairs = None
     downstream(cfg, up, student, history, loss_curve)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from components.config import ConfigError, DistillConfig, parse_section
 from components.diffusion.routed import check_partition
+from components.methods.cascade_dmd2 import CascadeDMD2, CascadeDMD2Config, cascade_stage
 from components.methods.ctm import CTM, CTMConfig
 from components.methods.dmd2 import DMD2, DMD2Config
 from components.methods.guided import GuidedConfig, GuidedDistillation
@@ -17,9 +18,11 @@ from components.methods.progressive import Progressive, ProgressiveConfig, halvi
 from components.methods.trainer import DivergenceError, distill
 
 METHODS: dict[str, type[Method]] = {"dmd2": DMD2, "ctm": CTM, "guided": GuidedDistillation,
-                                     "progressive": Progressive, "msd": MSD, "lowdiff": LowDiff}
+                                     "progressive": Progressive, "msd": MSD, "lowdiff": LowDiff,
+                                     "cascade_dmd2": CascadeDMD2}
 # which ZenML pipeline runs which distill.method; progressive runs only as the halvings of a guided chain
-# (distill.method guided with distill.target_steps: components/methods/progressive.py, halvings)
+# (distill.method guided with distill.target_steps: components/methods/progressive.py, halvings), cascade_dmd2
+# only after a LowDiff training (distill.method lowdiff with distill.cascade_dmd2: distill_stages)
 PIPELINES = {"dmd2_pipeline": ("dmd2", "ctm", "lowdiff"), "guided_pipeline": ("guided",), "msd_pipeline": ("msd",)}
 PIPELINE_METHODS = tuple(m for methods in PIPELINES.values() for m in methods)
 
@@ -55,12 +58,25 @@ def parse_distill_config(values: dict | DistillConfig | None) -> DistillConfig:
                           f"distill.log_every ({cfg.log_every})")
     if isinstance(cfg, GuidedConfig):
         halvings(cfg)                            # the chain's bookkeeping and each halving's config, checked now
+    if isinstance(cfg, LowDiffConfig):
+        cascade_stage(cfg)                       # the cascade's DMD2 step's config, checked now
     if isinstance(cfg, MSDConfig) and cfg.partition is not None:
         if len(cfg.partition) != cfg.students:   # the classes are checked against the data's (msd.partition)
             raise ConfigError(f"config field 'distill.partition': {len(cfg.partition)} subset(s) but "
                               f"distill.students is {cfg.students}; give one subset per student")
         check_partition(cfg.partition)
     return cfg
+
+
+def distill_stages(cfg: DistillConfig) -> list[tuple[str | None, dict]]:
+    """The distill steps a dmd2_pipeline config runs, in order: [(step id, its distill section as plain data)], each
+    step distilling the previous one's student (the first: the teacher). One step (id None: `distill_step`), or for
+    a LowDiff training with distill.cascade_dmd2 two: the cascade's training (without that key, so a change to the
+    second step leaves the first's cache) and `distill_cascade`, DMD2 on the trained cascade."""
+    section = cfg.model_dump(mode="json")
+    if not isinstance(cfg, LowDiffConfig) or cfg.cascade_dmd2 is None:
+        return [(None, section)]
+    return [(None, {k: v for k, v in section.items() if k != "cascade_dmd2"}), ("distill_cascade", cascade_stage(cfg))]
 
 
 def build_method(teacher, cfg: DistillConfig | dict, data, pairs=None, init=None) -> Method:
@@ -77,6 +93,7 @@ def build_method(teacher, cfg: DistillConfig | dict, data, pairs=None, init=None
     return cls(teacher, cfg, data, pairs, init=init)
 
 
-__all__ = ["METHODS", "PIPELINES", "PIPELINE_METHODS", "check_pipeline", "CTM", "CTMConfig", "DMD2", "DMD2Config", "DistillConfig", "DivergenceError", "GuidedConfig",
+__all__ = ["METHODS", "PIPELINES", "PIPELINE_METHODS", "check_pipeline", "CascadeDMD2", "CascadeDMD2Config", "CTM",
+           "CTMConfig", "distill_stages", "DMD2", "DMD2Config", "DistillConfig", "DivergenceError", "GuidedConfig",
            "GuidedDistillation", "LowDiff", "LowDiffConfig", "MSD", "MSDConfig", "Method", "Progressive", "ProgressiveConfig",
            "build_method", "distill", "method_class", "parse_distill_config"]

@@ -31,18 +31,13 @@ from components.methods.interface import Method
 from components.training import ema_model
 
 
-class DMD2Config(DistillConfig):
-    method: Literal["dmd2"] = "dmd2"
-    denoising_timesteps: tuple[int, ...] = (999,)  # the student's steps as indices of the T-grid, strictly
-                                           # decreasing (SDXL 4-step: 999, 749, 499, 249); 999 = sigma_max
-    backward_simulation: bool = True       # multi-step: inputs of step k come from the student's own
-                                           # steps 0..k-1 (Sec. 4.3); off: forward-noised real images
-    rollout_model: Literal["ema", "online"] = "ema"  # who rolls out steps 0..k-1: the EMA generator (the
-                                           # one evaluated and exported, so training sees what inference
-                                           # sees) or the online G (the reference code; no EMA: always G)
+class DistributionMatchingConfig(DistillConfig):
+    """The fields of distribution matching with two time-scale updates, shared by DMD2Config and
+    components/methods/cascade_dmd2.py's CascadeDMD2Config."""
+
     lr_gen: float = Field(5e-4, gt=0)       # AdamW lr of G (paper ImageNet-64: 2e-6; screened on the digits
                                            # at 900 iterations: 2e-4 and 1e-3 were worse)
-    lr_fake: float = Field(5e-4, gt=0)      # AdamW lr of the fake score + D head (TTUR is the ratio)
+    lr_fake: float = Field(5e-4, gt=0)      # AdamW lr of the fake score (+ D head) (TTUR is the ratio)
     lr_warmup: int = Field(0, ge=0)         # linear LR warm-up iterations (reference: 500), then constant
     betas: tuple[float, float] = (0.0, 0.999)  # AdamW betas of both optimisers. beta1 = 0 (no momentum) is
                                            # our choice for these short runs; the official DMD2 code uses
@@ -55,6 +50,17 @@ class DMD2Config(DistillConfig):
     max_step_percent: float = Field(0.98, ge=0, le=1)  # ... of a T=1000 Karras grid (reference)
     num_train_timesteps: int = Field(1000, ge=2)
     ema_decay: float = Field(0.99, ge=0, lt=1)  # EMA of G per G update (0 = off); the EMA is evaluated/exported
+
+
+class DMD2Config(DistributionMatchingConfig):
+    method: Literal["dmd2"] = "dmd2"
+    denoising_timesteps: tuple[int, ...] = (999,)  # the student's steps as indices of the T-grid, strictly
+                                           # decreasing (SDXL 4-step: 999, 749, 499, 249); 999 = sigma_max
+    backward_simulation: bool = True       # multi-step: inputs of step k come from the student's own
+                                           # steps 0..k-1 (Sec. 4.3); off: forward-noised real images
+    rollout_model: Literal["ema", "online"] = "ema"  # who rolls out steps 0..k-1: the EMA generator (the
+                                           # one evaluated and exported, so training sees what inference
+                                           # sees) or the online G (the reference code; no EMA: always G)
     w_gen: float = Field(0.15, ge=0)        # GAN generator weight: w_gen * softplus(-D(x0)) (0 = no GAN). Reference
                                            # 3e-3; tuned so the GAN and DM gradients on x0 are comparable
     w_D: float = Field(1.0, ge=0)           # GAN critic weight on the fake-score turn (0 = no GAN; reference 1e-2)
@@ -303,5 +309,5 @@ class DMD2(Method):
         self.step = int(state["step"])
 
 
-__all__ = ["DMD2", "DMD2Config", "DiscriminatorHead", "critic_gan_loss",
+__all__ = ["DMD2", "DMD2Config", "DistributionMatchingConfig", "DiscriminatorHead", "critic_gan_loss",
            "distribution_matching_loss", "generator_gan_loss", "regression_loss"]

@@ -62,6 +62,9 @@ class LowDiffConfig(DistillConfig):
     P_mean: float = -1.2                     # EDM training noise (Table 1)
     P_std: float = Field(1.2, gt=0)
     grad_clip: float = Field(1e6, gt=0)      # effectively off, as the teacher's training (no clipping)
+    cascade_dmd2: Optional[dict] = None      # then distil the trained cascade with DMD2 to one evaluation per level
+                                             # (components/methods/cascade_dmd2.py): that step's distill overrides
+                                             # ({} for its defaults; None: the trained cascade is the model)
 
 
 def cascade_resolutions(cfg: LowDiffConfig, full: int, depth: int, sigma_min: float = 0.002,

@@ -382,12 +382,19 @@ def test_lowdiff_rows_report_levels_budget_and_ratios_to_their_baseline(board, t
                  {"name": "cascade", "compare_to": "single",
                   "distill": {**base, "resolutions": [4, 8], "steps": [2, 1], "start_sigma": [1.0]}},
                  {"name": "elsewhere", "datasets": ["other"], "distill": {"method": "nope"}}]   # not this dataset's
+    # DMD2 on the cascade row's own cascade (its saved student), one evaluation per level
+    s["rows"].insert(2, {"name": "distilled", "compare_to": "cascade",
+                         "distill": {**s["rows"][1]["distill"], "cascade_dmd2": {"iterations": 2}}})
     path = tmp_path / "lowdiff.yaml"
     path.write_text(yaml.safe_dump(s))
+    capsys.readouterr()
     r = lb.main(["--spec", str(path), "--cache", str(tmp / "cache"), "--train-seeds", "1", "--results",
                  str(tmp_path / "results"), "--write-docs", str(tmp_path / "results.md")])[0]
-    single, cascade = r["rows"]
-    assert [row["name"] for row in r["rows"]] == ["single", "cascade"]
+    single, cascade, distilled = r["rows"]
+    assert [row["name"] for row in r["rows"]] == ["single", "cascade", "distilled"]
+    assert "distilled, training seed 0: the cached cascade" in capsys.readouterr().err     # not trained again
+    assert distilled["level_nfe"] == [1, 1] and distilled["fre_nfe"] == pytest.approx(1 / 4 + 1)
+    assert distilled["nfe"] == 2 and distilled["train_fre_images"] == cascade["train_fre_images"]
     assert single["level_nfe"] == [3] and single["fre_nfe"] == 3 and single["nfe"] == 3
     assert cascade["level_nfe"] == [3, 1] and cascade["fre_nfe"] == pytest.approx(3 / 4 + 1) and cascade["nfe"] == 4
     assert single["train_fre_images"] == 4 * 8 and cascade["train_fre_images"] == pytest.approx(4 * 8 * 0.625)

@@ -15,12 +15,20 @@ SHARED = dict(iterations=8, batch_size=16, seed=0, log_every=4, checkpoint_every
 TINY = dict(**SHARED, **BASE)
 CONTRACT = {"dmd2": TINY, "ctm": SHARED, "guided": SHARED, "progressive": SHARED,  # each method's tiny config
             "msd": {**TINY, "students": 2, "subset": 1},                        # MSD: one subset's student
-            "lowdiff": {**SHARED, "resolutions": [4, 8], "steps": [2, 2], "start_sigma": [1.0]}}
+            "lowdiff": {**SHARED, "resolutions": [4, 8], "steps": [2, 2], "start_sigma": [1.0]},
+            "cascade_dmd2": SHARED}                                             # DMD2 on a LowDiff cascade
+_CASCADE = {}
 
 
-def _teacher(name, tiny_teacher):
-    """The teacher a method distils: progressive halves a guided student (sampled with DDIM), the others
-    distil the EDM teacher."""
+def _teacher(name, tiny_teacher, digits):
+    """The teacher a method distils: progressive halves a guided student (sampled with DDIM), cascade_dmd2 a LowDiff
+    cascade (trained 2 iterations, built once), the others distil the EDM teacher."""
+    if name == "cascade_dmd2":
+        if "cascade" not in _CASCADE:
+            lowdiff = build_method(tiny_teacher, {**CONTRACT["lowdiff"], "method": "lowdiff", "iterations": 2}, digits)
+            distill(lowdiff, progress=False)
+            _CASCADE["cascade"] = lowdiff.student()
+        return _CASCADE["cascade"]
     if name != "progressive":
         return tiny_teacher
     from components.diffusion import GuidedDenoiser, karras_sigmas
@@ -38,7 +46,7 @@ def _params(module):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_contract(name, tiny_teacher, digits):
-    teacher = _teacher(name, tiny_teacher)
+    teacher = _teacher(name, tiny_teacher, digits)
     method = build_method(teacher, {"method": name, **CONTRACT[name]}, digits)
     history = distill(method, progress=False)
     assert history and history[-1]["iteration"] == TINY["iterations"]
@@ -58,11 +66,11 @@ def test_method_contract(name, tiny_teacher, digits):
 def test_method_is_seed_deterministic(name, tiny_teacher, digits):
     runs = []
     for _ in range(2):
-        m = build_method(_teacher(name, tiny_teacher), {"method": name, **CONTRACT[name]}, digits)
+        m = build_method(_teacher(name, tiny_teacher, digits), {"method": name, **CONTRACT[name]}, digits)
         distill(m, progress=False)
         runs.append(_params(m.student()))
     assert torch.equal(runs[0], runs[1])
-    m = build_method(_teacher(name, tiny_teacher), {"method": name, **{**CONTRACT[name], "seed": 1}}, digits)
+    m = build_method(_teacher(name, tiny_teacher, digits), {"method": name, **{**CONTRACT[name], "seed": 1}}, digits)
     distill(m, progress=False)
     assert not torch.equal(runs[0], _params(m.student()))
 

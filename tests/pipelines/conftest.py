@@ -16,9 +16,11 @@ ZENML = str(Path(sys.executable).with_name("zenml"))
 PASS_GATE = {"class_acc_min": None, "fid_ratio_max": 100.0, "excess_fid_ratio_max": None}  # the tiny student passes
 REJECT_GATE = {"fid_ratio_max": 0.01}        # FID at most 1% of the teacher's: no student passes
 OPEN_GATE = {"class_acc_min": None, "fid_ratio_max": None, "excess_fid_ratio_max": None}   # every model passes
-# a LowDiff cascade (4x4 -> 8x8 digits) trained from scratch for a few iterations: 3 + 3 NFE
+# a LowDiff cascade (4x4 -> 8x8 digits) trained from scratch for a few iterations (3 + 3 NFE), then distilled by
+# DMD2 to one evaluation per level (distill.cascade_dmd2: a second distill step, distill_cascade)
 LOWDIFF = {"method": "lowdiff", "resolutions": [4, 8], "steps": [2, 2], "start_sigma": [1.0], "iterations": 4,
-           "batch_size": 16, "log_every": 2, "fid_every": 4, "checkpoint_every": 2}
+           "batch_size": 16, "log_every": 2, "fid_every": 4, "checkpoint_every": 2,
+           "cascade_dmd2": {"iterations": 4, "dfake_gen_update_ratio": 2}}
 
 
 def make_zenml_env(tmp: Path) -> dict:
@@ -77,6 +79,8 @@ def view(run):
     out["wandb_run"] = steps["log_to_wandb"].outputs["output"][0].load()
     first = "distill_step" if "distill_step" in steps else "route_students"     # msd_pipeline: the join
     out["history"] = steps[first].outputs["distill_history"][0].load()
+    if "distill_cascade" in steps:                                                # a LowDiff cascade's DMD2 step
+        out["cascade_history"] = steps["distill_cascade"].outputs["distill_history"][0].load()
     if "guidance_sweep_teacher" in steps:
         last = max((n for n in steps if n.startswith("guidance_sweep_") and n.endswith("_steps")),
                    key=lambda n: -int(n.split("_")[2]))

@@ -85,13 +85,16 @@ def test_the_same_pipeline_distils_with_ctm(pipeline_runs):
     assert {p["nfe"] for p in sweep} == {1, 2, 4}
 
 
-def test_the_same_pipeline_trains_a_lowdiff_cascade(pipeline_runs):
-    """The 'lowdiff' run (distill.method lowdiff, the data of 'reject'): the upstream steps come from the cache; the
-    distill step trains the unified network at both levels, the evaluation samples the cascade (3 + 3 NFE), the
-    gate passes and the export is fewstep's cascade folder with its three-line loader in the card."""
+def test_the_same_pipeline_trains_a_lowdiff_cascade_and_distils_it(pipeline_runs):
+    """The 'lowdiff' run (distill.method lowdiff with distill.cascade_dmd2, the data of 'reject'): the upstream steps
+    come from the cache; distill_step trains the unified network, distill_cascade distils it with DMD2 at both
+    levels; the evaluation samples the distilled cascade (1 + 1 NFE, the trained one's recipe was 3 + 3), the gate
+    passes and the export is fewstep's cascade folder with its three-line loader in the card."""
     out = pipeline_runs["lowdiff"]["info"]
     assert out["steps"]["teacher_step"].endswith("cached") and out["steps"]["distill_step"].endswith("completed")
+    assert out["steps"]["distill_cascade"].endswith("completed")
     assert all({"loss_4px", "loss_8px"} <= set(row) for row in out["history"])
-    assert out["metrics"]["student_nfe"] == 6 and out["gate"]["passed"]
+    assert all({"loss_fake", "loss_dm_4px", "loss_dm_8px"} <= set(row) for row in out["cascade_history"])
+    assert out["metrics"]["student_nfe"] == 2 and out["gate"]["passed"]
     assert {"cascade.json", "res_embedding.safetensors", "unet", "README.md"} <= set(out["exported"])
     assert "cascade.json" in out["student_uri_files"]

@@ -61,7 +61,7 @@ def dvc_repo(tmp_path_factory):
         (repo / "params_msd.yaml").write_text(yaml.safe_dump(msd, sort_keys=False))
         lowdiff = yaml.safe_load((ROOT / "params_lowdiff.yaml").read_text())   # the digits' 4x4 -> 8x8, tiny
         lowdiff["distill"].update(iterations=4, batch_size=16, steps=[2, 2], log_every=2, fid_every=0,
-                                  checkpoint_every=2)
+                                  checkpoint_every=2, cascade_dmd2={"iterations": 2})
         (repo / "params_lowdiff.yaml").write_text(yaml.safe_dump(lowdiff, sort_keys=False))
         shutil.copytree(ROOT / "components", repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
         materialize_digits(repo / "data" / "digits.npz")
@@ -258,7 +258,8 @@ def test_dvc_and_zenml_give_the_same_figures(dvc_repo, pipeline_runs):
 
 def test_the_lowdiff_chain_runs_the_commands_dvc_yaml_gives(dvc_repo, monkeypatch, one_thread):
     """dvc.yaml's LowDiff stages (params_lowdiff.yaml), as DVC reads them: distill -> evaluate -> export on the shared
-    data, feature net and teacher stages (no pairs); each command runs in-process (as the guided chain's)."""
+    data, feature net and teacher stages (no pairs), then DMD2 on the trained cascade (distill --cascade) ->
+    evaluate -> export; each command runs in-process (as the guided chain's)."""
     import shlex
 
     import networkx as nx
@@ -269,11 +270,13 @@ def test_the_lowdiff_chain_runs_the_commands_dvc_yaml_gives(dvc_repo, monkeypatc
 
     repo, env, _, metrics = dvc_repo
     chain = ["distill_lowdiff", "evaluate_lowdiff", "export_lowdiff"]
+    distilled = ["distill_lowdiff_dmd2", "evaluate_lowdiff_dmd2", "export_lowdiff_dmd2"]
     with Repo(str(repo)) as dvc:
         by_name = {s.name: s for s in dvc.index.stages}
-        commands = [by_name[n].cmd for n in chain]
+        commands = [by_name[n].cmd for n in chain + distilled]
         graph = dvc.index.graph
-        for later, earlier in zip(chain[1:], chain):
+        for later, earlier in [*zip(chain[1:], chain), ("distill_lowdiff_dmd2", "distill_lowdiff"),
+                               *zip(distilled[1:], distilled)]:
             assert nx.has_path(graph, by_name[later], by_name[earlier]), (later, earlier)
         assert not nx.has_path(graph, by_name["distill_lowdiff"], by_name["pairs"])      # trained from the data
     monkeypatch.chdir(repo)
@@ -287,3 +290,7 @@ def test_the_lowdiff_chain_runs_the_commands_dvc_yaml_gives(dvc_repo, monkeypatc
     # is written (the exported folder itself: tests/components/test_lowdiff.py)
     assert "class accuracy floor" in (repo / "models" / "lowdiff_student" / "REJECTED.md").read_text()
     assert (repo / "artifacts" / "lowdiff" / "report" / "run_report.html").is_file()
+    distilled = load_denoiser(repo / "artifacts" / "lowdiff_dmd2" / "student")
+    assert isinstance(distilled, CascadeDenoiser) and [lv["steps"] for lv in distilled.sampling["levels"]] == [1, 1]
+    assert json.loads((repo / "metrics_lowdiff_dmd2.json").read_text())["student_nfe"] == 1 + 1
+    assert (repo / "artifacts" / "lowdiff_dmd2" / "report" / "run_report.html").is_file()
