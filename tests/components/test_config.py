@@ -71,7 +71,8 @@ def test_section_must_be_a_mapping():
 
 
 def test_unknown_method_lists_valid_names(digits_npz):
-    with pytest.raises(ConfigError, match=r"distill\.method.*'nope'.*valid: ctm, dmd2, guided, lowdiff, msd, progressive"):
+    valid = "cascade_dmd2, ctm, dmd2, guided, lowdiff, msd, progressive"
+    with pytest.raises(ConfigError, match=rf"distill\.method.*'nope'.*valid: {valid}"):
         resolve_config(data={"path": digits_npz}, distill={"method": "nope"})
 
 
