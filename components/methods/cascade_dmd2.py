@@ -210,23 +210,9 @@ class CascadeDMD2(Method):
         G.sampling = cascade_recipe(self.resolutions, [1] * len(self.resolutions), self.starts[1:], G.sigma_max)
         return G
 
-    def state_dict(self) -> dict:
-        nets = {"G": self.G, "fake": self.fake, "G_ema": self.G_ema}
-        return {**{k: (m.state_dict() if m is not None else None) for k, m in nets.items()},
-                "opt_G": self.opt_G.state_dict(), "opt_fake": self.opt_fake.state_dict(),
-                "sched_G": self.sched_G.state_dict(), "sched_fake": self.sched_fake.state_dict(),
-                "rng": self.rng.get_state(), "step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        for k, m in (("G", self.G), ("fake", self.fake), ("G_ema", self.G_ema)):
-            if m is not None:
-                m.load_state_dict(state[k])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_fake.load_state_dict(state["opt_fake"])
-        self.sched_G.load_state_dict(state["sched_G"])
-        self.sched_fake.load_state_dict(state["sched_fake"])
-        self.rng.set_state(state["rng"])
-        self.step = int(state["step"])
+    def checkpoint_parts(self) -> dict:
+        return {"G": self.G, "fake": self.fake, "G_ema": self.G_ema, "opt_G": self.opt_G, "opt_fake": self.opt_fake,
+                "sched_G": self.sched_G, "sched_fake": self.sched_fake}
 
 
 __all__ = ["CascadeDMD2", "CascadeDMD2Config", "cascade_stage"]

@@ -242,25 +242,9 @@ class CTM(Method):
             nets.update(D_net=self.D_net, D=self.D)
         return nets
 
-    def state_dict(self) -> dict:
-        state = {k: (m.state_dict() if m is not None else None) for k, m in self._nets().items()}
-        state.update(opt_G=self.opt_G.state_dict(), sched_G=self.sched_G.state_dict(), rng=self.rng.get_state(),
-                     step=self.step)
-        if self.gan:
-            state.update(opt_D=self.opt_D.state_dict(), sched_D=self.sched_D.state_dict())
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        for k, m in self._nets().items():
-            if m is not None:
-                m.load_state_dict(state[k])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.sched_G.load_state_dict(state["sched_G"])
-        if self.gan:
-            self.opt_D.load_state_dict(state["opt_D"])
-            self.sched_D.load_state_dict(state["sched_D"])
-        self.rng.set_state(state["rng"])
-        self.step = int(state["step"])
+    def checkpoint_parts(self) -> dict:
+        return {**self._nets(), "opt_G": self.opt_G, "sched_G": self.sched_G,
+                **({"opt_D": self.opt_D, "sched_D": self.sched_D} if self.gan else {})}
 
 
 class _Diagonal(torch.nn.Module):

@@ -290,23 +290,9 @@ class DMD2(Method):
         G.sampling = {"sampler": "fewstep", "sigmas": [round(s, 6) for s in self.student_sigmas] + [0.0]}
         return G
 
-    def state_dict(self) -> dict:
-        nets = {"G": self.G, "fake": self.fake, "G_ema": self.G_ema, "D": self.D}
-        return {**{k: (m.state_dict() if m is not None else None) for k, m in nets.items()},
-                "opt_G": self.opt_G.state_dict(), "opt_fake": self.opt_fake.state_dict(),
-                "sched_G": self.sched_G.state_dict(), "sched_fake": self.sched_fake.state_dict(),
-                "rng": self.rng.get_state(), "step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        for k, m in (("G", self.G), ("fake", self.fake), ("G_ema", self.G_ema), ("D", self.D)):
-            if m is not None:
-                m.load_state_dict(state[k])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_fake.load_state_dict(state["opt_fake"])
-        self.sched_G.load_state_dict(state["sched_G"])
-        self.sched_fake.load_state_dict(state["sched_fake"])
-        self.rng.set_state(state["rng"])
-        self.step = int(state["step"])
+    def checkpoint_parts(self) -> dict:
+        return {"G": self.G, "fake": self.fake, "G_ema": self.G_ema, "D": self.D, "opt_G": self.opt_G,
+                "opt_fake": self.opt_fake, "sched_G": self.sched_G, "sched_fake": self.sched_fake}
 
 
 __all__ = ["DMD2", "DMD2Config", "DistributionMatchingConfig", "DiscriminatorHead", "critic_gan_loss",

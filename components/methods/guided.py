@@ -176,19 +176,8 @@ class GuidedDistillation(Method):
         S.sampling = self.sampling(S)
         return S
 
-    def state_dict(self) -> dict:
-        return {"S": self.S.state_dict(), "S_ema": self.S_ema.state_dict() if self.S_ema is not None else None,
-                "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "rng": self.rng.get_state(),
-                "step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.S.load_state_dict(state["S"])
-        if self.S_ema is not None:
-            self.S_ema.load_state_dict(state["S_ema"])
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
-        self.rng.set_state(state["rng"])
-        self.step = int(state["step"])
+    def checkpoint_parts(self) -> dict:
+        return {"S": self.S, "S_ema": self.S_ema, "opt": self.opt, "sched": self.sched}
 
 
 __all__ = ["CHAIN_KEYS", "GuidedConfig", "halving_plan", "WStudentConfig", "GuidedDistillation", "guided_target", "regression_loss", "truncated_snr"]

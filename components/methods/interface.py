@@ -1,7 +1,7 @@
 """The one interface every distillation method implements.
 
 build from (teacher, config, data, pairs[, init]) -> train_step(batch) -> dict of scalar logs;
-state_dict() / load_state_dict() for checkpoints; student() for evaluation and export (its
+checkpoint_parts() (-> state_dict() / load_state_dict()) for checkpoints; student() for evaluation and export (its
 `.sampling` recipe says how to sample it). Losses are functions with the paper's symbols
 returning per-sample values; the reduction lives in train_step. The config a method reads is its
 `Config`, a subclass of components.config.DistillConfig. The training loop that drives a Method
@@ -52,12 +52,22 @@ class Method(ABC):
         """The generator to evaluate / export, with its `.sampling` recipe (CPU, eval mode)."""
 
     @abstractmethod
-    def state_dict(self) -> dict:
-        """Everything needed to resume exactly (networks, optimisers, schedulers, EMA, RNG, step)."""
+    def checkpoint_parts(self) -> dict:
+        """What a checkpoint holds besides the RNG (self.rng) and the step: name -> network, EMA, optimiser or LR
+        scheduler (anything with state_dict / load_state_dict; None: not in this run, saved as None)."""
 
-    @abstractmethod
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly: checkpoint_parts()' states, the RNG, the step."""
+        return {**{k: (m.state_dict() if m is not None else None) for k, m in self.checkpoint_parts().items()},
+                "rng": self.rng.get_state(), "step": self.step}
+
     def load_state_dict(self, state: dict) -> None:
         """Restore what state_dict() returned."""
+        for k, m in self.checkpoint_parts().items():
+            if m is not None:
+                m.load_state_dict(state[k])
+        self.rng.set_state(state["rng"])
+        self.step = int(state["step"])
 
     # -- helpers every method shares (a subclass sets self.rng, a torch.Generator, and cfg.grad_clip) -----
     def _autocast(self):

@@ -197,17 +197,8 @@ class LowDiff(Method):
         model.sampling = cascade_recipe(self.resolutions, self.cfg.steps, self.cfg.start_sigma, model.sigma_max)
         return model
 
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-                "sched": self.sched.state_dict(), "rng": self.rng.get_state(), "step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
-        self.rng.set_state(state["rng"])
-        self.step = int(state["step"])
+    def checkpoint_parts(self) -> dict:
+        return {"model": self.model, "ema": self.ema, "opt": self.opt, "sched": self.sched}
 
 
 __all__ = ["LowDiff", "LowDiffConfig", "build_cascade", "cascade_resolutions", "full_resolution_fraction",

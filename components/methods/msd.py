@@ -202,23 +202,10 @@ class MSD(DMD2):
         G.sampling = copy.deepcopy(self.teacher_sampling)     # a denoiser: sampled as its teacher is
         return G
 
-    def state_dict(self) -> dict:
+    def checkpoint_parts(self) -> dict:
         if self.cfg.stage != "tsm":
-            return super().state_dict()
-        return {"G": self.G.state_dict(), "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
-                "opt_G": self.opt_G.state_dict(), "sched_G": self.sched_G.state_dict(), "rng": self.rng.get_state(),
-                "step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.cfg.stage != "tsm":
-            return super().load_state_dict(state)
-        self.G.load_state_dict(state["G"])
-        if self.G_ema is not None:
-            self.G_ema.load_state_dict(state["G_ema"])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.sched_G.load_state_dict(state["sched_G"])
-        self.rng.set_state(state["rng"])
-        self.step = int(state["step"])
+            return super().checkpoint_parts()
+        return {"G": self.G, "G_ema": self.G_ema, "opt_G": self.opt_G, "sched_G": self.sched_G}
 
 
 
