@@ -497,9 +497,18 @@ def cascade_figures(ctx: Context, model, distill_cfg: dict) -> dict:
     fraction = full_resolution_fraction(res, distill_cfg.get("level_weights"))
     generate(model, ctx.labels[:256], 0, batch_size=256)
     timed = generate(model, ctx.labels[:1024], 1, batch_size=256)
-    return {"levels": recipe["levels"], "level_nfe": level_nfe(recipe), "fre_nfe": full_resolution_nfe(recipe),
-            "train_fre_images": fraction * int(distill_cfg["iterations"]) * int(distill_cfg["batch_size"]),
-            "throughput_b256": len(timed.labels) / timed.seconds}
+    out = {"levels": recipe["levels"], "level_nfe": level_nfe(recipe), "fre_nfe": full_resolution_nfe(recipe),
+           "train_fre_images": fraction * int(distill_cfg["iterations"]) * int(distill_cfg["batch_size"]),
+           "throughput_b256": len(timed.labels) / timed.seconds}
+    if distill_cfg.get("cascade_dmd2") is not None:      # DMD2 on the cascade: its images too (the same level split)
+        from components.config import parse_section
+        from components.methods.cascade_dmd2 import cascade_stage
+        from components.methods.lowdiff import LowDiffConfig
+
+        dmd2 = cascade_stage(parse_section(LowDiffConfig, distill_cfg, "distill"))
+        out["dmd2_fre_images"] = (full_resolution_fraction(res, dmd2.get("level_weights")) * int(dmd2["iterations"])
+                                  * int(dmd2["batch_size"]))
+    return out
 
 
 def save_trained(student, folder: Path) -> None:
@@ -650,8 +659,8 @@ def student_row(ctx: Context, row: dict, seeds: list[int], long: float, teacher:
             "class_acc": mean("class_acc"), "nfe": per_seed[0]["nfe"], "latency_p50_ms": mean("latency_p50_ms"),
             "throughput": mean("throughput"), "parameters": per_seed[0]["parameters"],
             "distill_seconds": mean("distill_seconds"), "iterations": int(ctx.cfg.distill.iterations),
-            **({k: per_seed[0][k] for k in ("levels", "level_nfe", "fre_nfe", "train_fre_images")}
-               if "fre_nfe" in per_seed[0] else {}),
+            **({k: per_seed[0][k] for k in ("levels", "level_nfe", "fre_nfe", "train_fre_images", "dmd2_fre_images")
+                if k in per_seed[0]} if "fre_nfe" in per_seed[0] else {}),
             **({"throughput_b256": mean("throughput_b256"), "fid_per_train_seed": fids} if "fre_nfe" in per_seed[0]
                else {}),
             **({"compare_to": row["compare_to"]} if "compare_to" in row else {}),
@@ -858,7 +867,8 @@ def cascade_tables(result: dict) -> list[str]:
     by_name = {r["name"]: r for r in rows}
     lines = ["LowDiff rows: one network per training seed; NFE per level (Heun, 2 steps - 1) at its resolution; "
              "`full-res NFE` weighs each level by its share of the full resolution's pixels; the training budget is "
-             "in full-resolution-equivalent images (iterations x batch x that share).", "",
+             "in full-resolution-equivalent images (iterations x batch x that share; a distilled cascade: its "
+             "cascade's training + the DMD2 step's).", "",
              "| row | levels (resolution: NFE, start sigma) | full-res NFE | training budget (images) | FID | "
              "images/s (batch 256) | p50 ms (batch 1) | vs | throughput x | p50 x | FID x |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -868,7 +878,9 @@ def cascade_tables(result: dict) -> list[str]:
         ratios = (f"{base['name']} | {r['throughput_b256'] / base['throughput_b256']:.2f} | "
                   f"{r['latency_p50_ms'] / base['latency_p50_ms']:.2f} | {r['fid'] / base['fid']:.3f}"
                   if base else "- | - | - | -")
-        lines.append(f"| {r['name']} | {levels} | {r['fre_nfe']:.2f} | {r['train_fre_images']:,.0f} | "
+        budget = f"{r['train_fre_images']:,.0f}" + (f" + {r['dmd2_fre_images']:,.0f} (DMD2)"
+                                                     if "dmd2_fre_images" in r else "")
+        lines.append(f"| {r['name']} | {levels} | {r['fre_nfe']:.2f} | {budget} | "
                      f"{r['fid']:.2f} +- {r['fid_std_train']:.2f} | {r['throughput_b256']:.0f} | "
                      f"{r['latency_p50_ms']:.1f} | {ratios} |")
     return lines + [""]

@@ -395,6 +395,7 @@ def test_lowdiff_rows_report_levels_budget_and_ratios_to_their_baseline(board, t
     assert "distilled, training seed 0: the cached cascade" in capsys.readouterr().err     # not trained again
     assert distilled["level_nfe"] == [1, 1] and distilled["fre_nfe"] == pytest.approx(1 / 4 + 1)
     assert distilled["nfe"] == 2 and distilled["train_fre_images"] == cascade["train_fre_images"]
+    assert distilled["dmd2_fre_images"] == pytest.approx(2 * 8 * 0.625)          # 2 DMD2 iterations x 8 images
     assert single["level_nfe"] == [3] and single["fre_nfe"] == 3 and single["nfe"] == 3
     assert cascade["level_nfe"] == [3, 1] and cascade["fre_nfe"] == pytest.approx(3 / 4 + 1) and cascade["nfe"] == 4
     assert single["train_fre_images"] == 4 * 8 and cascade["train_fre_images"] == pytest.approx(4 * 8 * 0.625)
@@ -402,3 +403,4 @@ def test_lowdiff_rows_report_levels_budget_and_ratios_to_their_baseline(board, t
     page = (tmp_path / "results.md").read_text()
     ratio = cascade["throughput_b256"] / single["throughput_b256"]
     assert "| cascade | 4: 3 (80), 8: 1 (1) | 1.75 | 20 | " in page and f"| single | {ratio:.2f} |" in page
+    assert "| distilled | 4: 1 (80), 8: 1 (1) | 1.25 | 20 + 10 (DMD2) | " in page
