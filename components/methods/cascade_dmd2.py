@@ -104,8 +104,6 @@ class CascadeDMD2(Method):
         self.real = copy.deepcopy(teacher).to(dev).eval().requires_grad_(False)      # mu_real, frozen
         self.fake = copy.deepcopy(teacher).to(dev).train().requires_grad_(True)      # mu_fake
         self.G = copy.deepcopy(teacher).to(dev).train().requires_grad_(True)         # generator
-        for net in (self.real, self.fake, self.G):
-            net.lowres = None
         self.G_ema = ema_model(self.G, cfg.ema_decay) if cfg.ema_decay > 0 else None
         opt = dict(betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.opt_G = torch.optim.AdamW(self.G.parameters(), lr=cfg.lr_gen, **opt)
