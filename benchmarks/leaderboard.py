@@ -284,6 +284,7 @@ class Context:
         self.real_class_acc = float((self.fnet.embed(x_ev)[1] == y_ev).float().mean())
         self.threads = torch.get_num_threads()
         self.commit = "unknown"                 # set by run_dataset: the commit each student seed records
+        self.trained: set[Path] = set()         # the cache entries this run trained: --fresh trains a sweep's once
 
     def protocol(self) -> dict:
         return {"feature_net": self.extractor.name, "num_samples": self.n, "sample_seeds": self.sample_seeds,
@@ -571,9 +572,6 @@ def entry_path(ctx: Context, overrides: dict, seed: int) -> Path:
     return ctx.paths["teacher"].parent / "students" / f"{_key(*_shared(ctx), overrides, seed)}.json"
 
 
-_TRAINED: set[Path] = set()      # the cache entries this process trained: --fresh trains a sweep's student once
-
-
 def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) -> tuple[dict, list]:
     """One training seed of a row -> (its figures, its checkpoint curve up to long x iterations or further),
     from the cache when a run of the same distill overrides (the row's name is not part of the key), seed,
@@ -591,7 +589,7 @@ def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) ->
     folder = path.with_suffix("")                       # the saved student of a sweep's training (or a LowDiff row's)
     _adopt_named_entry(path, _key(*_shared(ctx), row.get("train_as", row["name"]), seed))
     end = int(round(int(distill_cfg["iterations"]) * long))
-    if path.is_file() and (not fresh or path in _TRAINED):
+    if path.is_file() and (not fresh or path in ctx.trained):
         entry = json.loads(path.read_text())
         same = all(entry["distill"][k] == v for k, v in distill_cfg.items() if k in entry["distill"])
         if same and (entry["end"] >= end or entry.get("chain")):      # a chain has no --long curve
@@ -631,7 +629,7 @@ def seed_result(ctx: Context, row: dict, seed: int, long: float, fresh: bool) ->
         save_trained(student, folder)
         entry["results"] = {row["name"]: result}
     write_json(path, entry)
-    _TRAINED.add(path)
+    ctx.trained.add(path)
     return result, curve
 
 
@@ -1042,7 +1040,6 @@ def render(folder: Path, page_path: Path) -> None:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    _TRAINED.clear()
     folder = Path(args.results)
     page_path = Path(args.write_docs or ROOT / PAGE)
     if args.from_json:
