@@ -23,6 +23,7 @@ PYTHON = sys.executable
 KUBEFLOW_CONFIG = ROOT / "configs" / "dmd2_kubeflow.yaml"
 GUIDED_KUBEFLOW_CONFIG = ROOT / "configs" / "guided_kubeflow.yaml"
 MSD_KUBEFLOW_CONFIG = ROOT / "configs" / "msd_kubeflow.yaml"
+LOWDIFF_DMD2_KUBEFLOW_CONFIG = ROOT / "configs" / "lowdiff_dmd2_kubeflow.yaml"
 DOCKERFILE = ROOT / "infra" / "docker" / "Dockerfile"
 INFRA_KEYS = {"settings", "environment", "steps", "secrets"}      # what may differ between local and kubeflow
 SECRET_NAME = re.compile(r"(^|_)(KEY|TOKEN|SECRET|PASSWORD)(S)?($|_)", re.I)     # WANDB_API_KEY, ..._TOKEN
@@ -154,7 +155,9 @@ FLOW_SCRIPT = """
 import json, sys
 from pipelines import dmd2_pipeline
 p = dmd2_pipeline.copy()
-p.prepare(params_file=sys.argv[1], data={"path": sys.argv[3]})      # an empty .npz: no step runs, none reads it
+distill = json.loads(sys.argv[4])                                   # a config's distill section, or null
+p.prepare(params_file=sys.argv[1], data={"path": sys.argv[3]},      # an empty .npz: no step runs, none reads it
+          **({"distill": distill} if distill else {}))
 flow = {name: sorted({a.invocation_id for a in inv.input_artifacts.values()} | set(inv.upstream_steps))
         for name, inv in p.invocations.items()}
 open(sys.argv[2], "w").write(json.dumps(flow))
@@ -162,16 +165,16 @@ open(sys.argv[2], "w").write(json.dumps(flow))
 
 
 @functools.lru_cache(maxsize=None)
-def pipeline_flow() -> dict:
+def pipeline_flow(distill: str = "null") -> dict:
     """step -> the steps whose outputs it takes, as ZenML records dmd2_pipeline's wiring (pipelines/dmd2_pipeline.py
     and the shared steps of pipelines/wiring.py) when the pipeline function runs - each step invocation's input
     artifacts and explicit upstream steps - in a process of its own on a throwaway store, apart from the Kubeflow
-    compile the tests compare with it."""
+    compile the tests compare with it. `distill`: a distill section (JSON) over params.yaml's."""
     tmp = Path(tempfile.mkdtemp(prefix="flow-"))
     (tmp / "none.npz").touch()                       # the wiring, not the data: a fresh clone has no data/ yet
     try:
         proc = subprocess.run([PYTHON, "-c", FLOW_SCRIPT, str(ROOT / "params.yaml"), str(tmp / "flow.json"),
-                               str(tmp / "none.npz")], cwd=ROOT, env=isolated_env(tmp), capture_output=True, text=True,
+                               str(tmp / "none.npz"), distill], cwd=ROOT, env=isolated_env(tmp), capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         flow = json.loads((tmp / "flow.json").read_text())
@@ -224,16 +227,21 @@ def compiles(tmp_path_factory, digits_npz):
     msd_cfg["parameters"] = {**msd_cfg["parameters"], "data": {"path": digits_npz}}
     msd = tmp / "msd_kubeflow.yaml"
     msd.write_text(yaml.safe_dump(msd_cfg))
+    cascade_cfg = yaml.safe_load(LOWDIFF_DMD2_KUBEFLOW_CONFIG.read_text())
+    cascade_cfg["parameters"] = {**cascade_cfg["parameters"], "data": {**cascade_cfg["parameters"]["data"],
+                                                                       "path": digits_npz}}
+    cascade = tmp / "lowdiff_dmd2_kubeflow.yaml"
+    cascade.write_text(yaml.safe_dump(cascade_cfg))
     runs = {"good": (good, ()), "no_selector": (no_selector, ()), "no_gpus": (good, ("--no-gpus",)),
             "guided": (guided, ("--pipeline", "pipelines.guided_pipeline.guided_pipeline")),
-            "msd": (msd, ("--pipeline", "pipelines.msd_pipeline.msd_pipeline"))}
+            "msd": (msd, ("--pipeline", "pipelines.msd_pipeline.msd_pipeline")), "cascade": (cascade, ())}
     outs = {name: tmp / name / "out" / "dmd2_pipeline.yaml" for name in runs}
     cases = {name: ("infra.kubeflow.compile:main", compile_args(config, outs[name], *extra),
                     isolated_env(tmp / name / "zenml")) for name, (config, extra) in runs.items()}
     results = run_forked(tmp / "driver", cases, preload=COMPILE_PRELOAD, env=isolated_env(tmp / "driver" / "zenml"),
                          parallel=True, not_imported=["zenml"])
     for name, r in results.items():
-        r.update(out=outs[name], config={"guided": guided_cfg, "msd": msd_cfg}.get(name, cfg))
+        r.update(out=outs[name], config={"guided": guided_cfg, "msd": msd_cfg, "cascade": cascade_cfg}.get(name, cfg))
     yield results
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -370,6 +378,24 @@ def test_the_msd_fan_out_compiles_to_k_parallel_gpu_tasks(compiles):
     assert "route_students" in tasks["evaluate_student"]["deps"] and "route_students" in tasks["export_model"]["deps"]
 
 
+def test_the_distilled_cascade_compiles_with_a_gpu_task_per_training_step(compiles):
+    """dmd2_pipeline with configs/lowdiff_dmd2_kubeflow.yaml: the cascade's training (distill_step) and DMD2 on it
+    (distill_cascade) are two tasks in a chain, each on one GPU; evaluation and export read the distilled cascade."""
+    r = compiles["cascade"]
+    assert r["rc"] == 0, r["stderr"][-3000:]
+    tasks = load_kfp(r["out"])
+    gpu = {"teacher_pairs", "distill_step", "distill_cascade"}
+    assert gpu_steps_in_config(r["config"]) == gpu
+    for step, task in tasks.items():
+        accelerator = task["container"].get("resources", {}).get("accelerator")
+        assert bool(accelerator) == (step in gpu), step
+        if step in gpu:
+            assert accelerator["resourceCount"] == "1" and task["platform"]["nodeSelector"]["labels"], step
+    assert "distill_step" in tasks["distill_cascade"]["deps"]
+    assert "distill_cascade" in tasks["evaluate_student"]["deps"] and "distill_cascade" in tasks["export_model"]["deps"]
+    assert "distill_step" not in tasks["export_model"]["deps"]
+
+
 def test_gpu_steps_on_an_orchestrator_without_gpus_fail_cleanly(compiles):
     r = compiles["no_gpus"]
     assert r["rc"] == 1
@@ -402,17 +428,24 @@ def test_config_without_an_image_is_refused(tmp_path):
 @pytest.mark.parametrize("local_name, kfp_name", [("dmd2_local.yaml", "dmd2_kubeflow.yaml"),
                                                    ("dmd2_4step_local.yaml", "dmd2_4step_kubeflow.yaml"),
                                                    ("ctm_local.yaml", "ctm_kubeflow.yaml"),
-                                                   ("lowdiff_fashion16.yaml", "lowdiff_kubeflow.yaml")])
+                                                   ("lowdiff_fashion16.yaml", "lowdiff_kubeflow.yaml"),
+                                                   ("lowdiff_dmd2_fashion16.yaml", "lowdiff_dmd2_kubeflow.yaml")])
 def test_kubeflow_config_differs_from_local_only_in_infrastructure(local_name, kfp_name):
     local = yaml.safe_load((ROOT / "configs" / local_name).read_text())
     kfp = yaml.safe_load((ROOT / "configs" / kfp_name).read_text())
+    distill = local["parameters"].get("distill") or {}
     assert kfp["parameters"] == local["parameters"] and kfp["parameters"]["params_file"] == "params.yaml"
     assert set(kfp) ^ set(local) <= INFRA_KEYS
-    reference = yaml.safe_load(KUBEFLOW_CONFIG.read_text())        # one set of infrastructure keys
-    assert {k: v for k, v in kfp.items() if k in INFRA_KEYS} == {k: v for k, v in reference.items() if k in INFRA_KEYS}
+    reference = yaml.safe_load(KUBEFLOW_CONFIG.read_text())        # one set of infrastructure keys ...
+    extra = {s: c for s, c in kfp["steps"].items() if s not in reference["steps"]}
+    kept = {**kfp, "steps": {s: c for s, c in kfp["steps"].items() if s not in extra}}
+    assert {k: v for k, v in kept.items() if k in INFRA_KEYS} == {k: v for k, v in reference.items() if k in INFRA_KEYS}
+    assert set(extra) == ({"distill_cascade"} if "cascade_dmd2" in distill else set())   # ... and DMD2 on a cascade
+    assert all(c == reference["steps"]["distill_step"] for c in extra.values())          # on distill_step's GPU
     assert {k: v for k, v in kfp.items() if k not in INFRA_KEYS} == {k: v for k, v in local.items()
                                                                       if k not in INFRA_KEYS}
-    flow = pipeline_flow()
+    # cascade_dmd2 is the one distill key that adds a step to dmd2_pipeline (distill_cascade)
+    flow = pipeline_flow(json.dumps(distill, sort_keys=True) if "cascade_dmd2" in distill else "null")
     for step, conf in kfp["steps"].items():
         assert step in flow and set(conf) == {"settings"}, step
     docker = kfp["settings"]["docker"]
