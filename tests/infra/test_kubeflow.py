@@ -174,8 +174,8 @@ def pipeline_flow(distill: str = "null") -> dict:
     (tmp / "none.npz").touch()                       # the wiring, not the data: a fresh clone has no data/ yet
     try:
         proc = subprocess.run([PYTHON, "-c", FLOW_SCRIPT, str(ROOT / "params.yaml"), str(tmp / "flow.json"),
-                               str(tmp / "none.npz"), distill], cwd=ROOT, env=isolated_env(tmp), capture_output=True, text=True,
-                              timeout=300)
+                               str(tmp / "none.npz"), distill], cwd=ROOT, env=isolated_env(tmp), capture_output=True,
+                              text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         flow = json.loads((tmp / "flow.json").read_text())
     finally:
@@ -339,19 +339,24 @@ def test_gpu_step_without_accelerator_selector_fails_cleanly(compiles):
     assert not r["out"].parent.exists() or not any(r["out"].parent.iterdir())
 
 
+def compiled_gpu_tasks(r: dict, gpu: set) -> dict:
+    """The compiled tasks of a compile case that succeeded, after checking that exactly the steps `gpu` ask for a
+    GPU in its config and in the compiled file: one each, on a node selector."""
+    assert r["rc"] == 0, r["stderr"][-3000:]
+    tasks = load_kfp(r["out"])
+    assert gpu_steps_in_config(r["config"]) == gpu
+    for step, task in tasks.items():
+        accelerator = task["container"].get("resources", {}).get("accelerator")
+        assert bool(accelerator) == (step in gpu), step
+        if step in gpu:
+            assert accelerator["resourceCount"] == "1" and task["platform"]["nodeSelector"]["labels"], step
+    return tasks
+
+
 def test_the_guided_chain_compiles_with_a_gpu_task_per_halving(compiles):
     """guided_pipeline with configs/guided_kubeflow.yaml: the guided stage and each halving (16 -> 8 -> 4) are
     tasks of their own, in a chain, each on one GPU; the sweeps over w and everything else on CPU."""
-    r = compiles["guided"]
-    assert r["rc"] == 0, r["stderr"][-3000:]
-    tasks = load_kfp(r["out"])
-    chain = ["distill_step", "halve_to_8", "halve_to_4"]
-    assert gpu_steps_in_config(r["config"]) == set(chain)
-    for step, task in tasks.items():
-        accelerator = task["container"].get("resources", {}).get("accelerator")
-        assert bool(accelerator) == (step in chain), step
-        if step in chain:
-            assert accelerator["resourceCount"] == "1" and task["platform"]["nodeSelector"]["labels"], step
+    tasks = compiled_gpu_tasks(compiles["guided"], {"distill_step", "halve_to_8", "halve_to_4"})
     assert "teacher_step" in tasks["distill_step"]["deps"]
     assert "distill_step" in tasks["halve_to_8"]["deps"] and "halve_to_8" in tasks["halve_to_4"]["deps"]
     assert {"guidance_sweep_teacher", "guidance_sweep_16_steps", "guidance_sweep_8_steps",
@@ -364,13 +369,9 @@ def test_the_msd_fan_out_compiles_to_k_parallel_gpu_tasks(compiles):
     """msd_pipeline with configs/msd_kubeflow.yaml: one task per student (K = distill.students = 4), each on one
     GPU, each depending on the shared upstream steps and on no other branch; the join reads all K."""
     r = compiles["msd"]
-    assert r["rc"] == 0, r["stderr"][-3000:]
-    tasks = load_kfp(r["out"])
     branches = [f"student_{k}_dmd2" for k in range(r["config"]["parameters"]["distill"]["students"])]
-    assert len(branches) == 4 and gpu_steps_in_config(r["config"]) == set(branches)
-    for step, task in tasks.items():
-        accelerator = task["container"].get("resources", {}).get("accelerator")
-        assert bool(accelerator) == (step in branches), step
+    assert len(branches) == 4
+    tasks = compiled_gpu_tasks(r, set(branches))
     for b in branches:
         assert {"teacher_step", "teacher_pairs"} <= set(tasks[b]["deps"])
         assert not set(tasks[b]["deps"]) & set(branches)                 # parallel: no branch waits on another
@@ -381,16 +382,7 @@ def test_the_msd_fan_out_compiles_to_k_parallel_gpu_tasks(compiles):
 def test_the_distilled_cascade_compiles_with_a_gpu_task_per_training_step(compiles):
     """dmd2_pipeline with configs/lowdiff_dmd2_kubeflow.yaml: the cascade's training (distill_step) and DMD2 on it
     (distill_cascade) are two tasks in a chain, each on one GPU; evaluation and export read the distilled cascade."""
-    r = compiles["cascade"]
-    assert r["rc"] == 0, r["stderr"][-3000:]
-    tasks = load_kfp(r["out"])
-    gpu = {"teacher_pairs", "distill_step", "distill_cascade"}
-    assert gpu_steps_in_config(r["config"]) == gpu
-    for step, task in tasks.items():
-        accelerator = task["container"].get("resources", {}).get("accelerator")
-        assert bool(accelerator) == (step in gpu), step
-        if step in gpu:
-            assert accelerator["resourceCount"] == "1" and task["platform"]["nodeSelector"]["labels"], step
+    tasks = compiled_gpu_tasks(compiles["cascade"], {"teacher_pairs", "distill_step", "distill_cascade"})
     assert "distill_step" in tasks["distill_cascade"]["deps"]
     assert "distill_cascade" in tasks["evaluate_student"]["deps"] and "distill_cascade" in tasks["export_model"]["deps"]
     assert "distill_step" not in tasks["export_model"]["deps"]
