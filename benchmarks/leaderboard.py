@@ -105,6 +105,13 @@ def load_spec(path: str, datasets: str | None, rows: str | None, train_seeds: in
         if not isinstance(d, dict) or not isinstance(d.get("config"), str):
             raise SpecError(f"leaderboard spec '{path}': datasets.{name} needs config: <a run config YAML>")
     spec = copy.deepcopy(spec)
+    for row in spec.get("rows") or []:
+        per = row.get("per_dataset") if isinstance(row, dict) else None
+        good = lambda v: isinstance(v, dict) and set(v) == {"distill"} and isinstance(v["distill"], dict)  # noqa: E731
+        if per is not None and not (isinstance(per, dict) and set(per) <= set(spec["datasets"])
+                                    and all(map(good, per.values()))):
+            raise SpecError(f"leaderboard spec '{path}': row {row.get('name')!r}: per_dataset must map dataset names "
+                            f"({', '.join(spec['datasets'])}) to {{distill: <overrides>}}, got {per!r}")
     spec["rows"] = expand_sweeps(spec.get("rows") or [], path)
     names = [r.get("name") if isinstance(r, dict) else None for r in spec["rows"] or []]
     if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
@@ -123,6 +130,15 @@ def load_spec(path: str, datasets: str | None, rows: str | None, train_seeds: in
         spec["train_seeds"] = spec["train_seeds"][:train_seeds]
     yaml.safe_dump(spec)                                        # plain data only
     return spec
+
+
+def for_dataset(row: dict, name: str) -> dict:
+    """A row as it runs on dataset `name`: the keys of its `per_dataset.<name>.distill` replace its distill's (a
+    guided chain that starts on that dataset's teacher grid); `per_dataset` itself is dropped. Rows without an
+    entry for `name` are unchanged, so their cache keys are too."""
+    extra = (row.get("per_dataset") or {}).get(name, {}).get("distill") or {}
+    out = {k: v for k, v in row.items() if k != "per_dataset"}
+    return {**out, "distill": {**(row.get("distill") or {}), **extra}} if extra else out
 
 
 def expand_sweeps(rows: list, path: str) -> list:
@@ -168,15 +184,19 @@ def expand_guidance_sweep(row: dict, path: str) -> list[dict]:
     if distill.get("method") != "guided" or not isinstance(distill.get("target_steps"), int):
         raise SpecError(f"leaderboard spec '{path}': row {row.get('name')!r}: a sweep over w needs distill.method "
                         "guided with distill.target_steps (the chain)")
-    start = int(distill.get("sampling_steps", 16))
-    try:
-        stages = [start, *halving_plan(start, distill["target_steps"])]
-    except ConfigError as exc:
-        raise SpecError(f"leaderboard spec '{path}': row {row.get('name')!r}: {exc}") from None
-    scored = row["sweep"].get("steps", stages)            # which stages are scored (default: every one)
-    if not (isinstance(scored, list) and scored and set(scored) <= set(stages)):
-        raise SpecError(f"leaderboard spec '{path}': row {row.get('name')!r}: sweep steps {scored!r} must be step "
-                        f"counts of the chain {stages}")
+    scored = None
+    for where in [None, *(row.get("per_dataset") or {})]:      # the row's chain, then each dataset's variant
+        d = for_dataset(row, where)["distill"] if where else distill
+        start = int(d.get("sampling_steps", 16))
+        label = f"row {row.get('name')!r}" + (f" on {where}" if where else "")
+        try:
+            stages = [start, *halving_plan(start, d["target_steps"])]
+        except ConfigError as exc:
+            raise SpecError(f"leaderboard spec '{path}': {label}: {exc}") from None
+        scored = row["sweep"].get("steps", scored or stages)   # which stages are scored (default: every one)
+        if not (isinstance(scored, list) and scored and set(scored) <= set(stages)):
+            raise SpecError(f"leaderboard spec '{path}': {label}: sweep steps {scored!r} must be step counts of "
+                            f"the chain {stages}")
     base = {k: v for k, v in row.items() if k != "sweep"}
     return [{**base, "name": f"{row['name']} {n}-step, w {w:g}", "train_as": row["name"],
              "sampling": {"steps": n, "w": float(w)}, **({"sweep_only": True} if i else {})}
@@ -681,7 +701,8 @@ def run_dataset(name: str, spec: dict, args, prov: dict) -> dict:
     from components.methods import parse_distill_config
 
     rows_cfg = {}
-    spec = {**spec, "rows": [r for r in spec["rows"] if name in r.get("datasets", [name])]}   # rows for this dataset
+    spec = {**spec, "rows": [for_dataset(r, name) for r in spec["rows"]
+                             if name in r.get("datasets", [name])]}                # rows for this dataset
     for row in spec["rows"]:
         try:
             rows_cfg[row["name"]] = parse_distill_config(row_distill(cfg, row))
@@ -871,7 +892,8 @@ def cascade_tables(result: dict) -> list[str]:
              "images/s (batch 256) | p50 ms (batch 1) | vs | throughput x | p50 x | FID x |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        levels = ", ".join(f"{lv['resolution']}: {n} ({lv['sigma_start']:g})" for lv, n in zip(r["levels"], r["level_nfe"]))
+        levels = ", ".join(f"{lv['resolution']}: {n} ({lv['sigma_start']:g})"
+                           for lv, n in zip(r["levels"], r["level_nfe"]))
         base = by_name.get(r.get("compare_to", ""))
         ratios = (f"{base['name']} | {r['throughput_b256'] / base['throughput_b256']:.2f} | "
                   f"{r['latency_p50_ms'] / base['latency_p50_ms']:.2f} | {r['fid'] / base['fid']:.3f}"

@@ -305,8 +305,10 @@ def test_a_guided_chain_trains_once_per_seed_and_is_scored_per_stage_and_w(board
     where w > 0); the page gets the guidance table and picture, and the main table only the first w."""
     tmp, spec, _, _ = board
     s = yaml.safe_load(spec.read_text())
-    chain = {"method": "guided", "iterations": 2, "sampling_steps": 4, "target_steps": 1, "halving": {"iterations": 2}}
-    s["rows"] = [{"name": "guided", "distill": chain, "sweep": {"w": [0.0, 1.0], "steps": [2, 1]}}]
+    chain = {"method": "guided", "iterations": 2, "sampling_steps": 8, "target_steps": 1, "halving": {"iterations": 2}}
+    # per_dataset: on "tiny" the chain starts at 4 steps (the stages trained below: 4, 2, 1 - not 8)
+    s["rows"] = [{"name": "guided", "distill": chain, "sweep": {"w": [0.0, 1.0], "steps": [2, 1]},
+                  "per_dataset": {"tiny": {"distill": {"sampling_steps": 4}}}}]
     path = tmp_path / "guided.yaml"
     path.write_text(yaml.safe_dump(s))
     assert [r["name"] for r in lb.load_spec(str(path), None, None, None)["rows"]] == [
@@ -343,12 +345,20 @@ def test_a_guided_chain_trains_once_per_seed_and_is_scored_per_stage_and_w(board
         f"{here})")
     assert "| guided 2-step, w 0 |" in page and "| guided 2-step, w 1 |" not in page      # the main table: w 0
     assert (out / "tiny-fid-vs-w.png").is_file() and "tiny-fid-vs-w.png" in page
-    bad = {**s, "rows": [{"name": "guided", "distill": chain, "sweep": {"w": [0.0], "steps": [3]}}]}
-    path.write_text(yaml.safe_dump(bad))
-    capsys.readouterr()
-    with pytest.raises(SystemExit):
-        lb.load_spec(str(path), None, None, None)
-    assert "row 'guided': sweep steps [3] must be step counts of the chain [4, 2, 1]" in capsys.readouterr().err
+    assert r["rows"][0]["distill"]["sampling_steps"] == 4                      # the row as it ran on tiny
+    for rows, message in (
+            ([{"name": "guided", "distill": {**chain, "sampling_steps": 4}, "sweep": {"w": [0.0], "steps": [3]}}],
+             "row 'guided': sweep steps [3] must be step counts of the chain [4, 2, 1]"),
+            ([{"name": "guided", "distill": chain, "sweep": {"w": [0.0], "steps": [8]},
+               "per_dataset": {"tiny": {"distill": {"sampling_steps": 4}}}}],
+             "row 'guided' on tiny: sweep steps [8] must be step counts of the chain [4, 2, 1]"),
+            ([{"name": "guided", "distill": chain, "per_dataset": {"fashion": {"distill": {}}}}],
+             "row 'guided': per_dataset must map dataset names (tiny) to {distill: <overrides>}")):
+        path.write_text(yaml.safe_dump({**s, "rows": rows}))
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            lb.load_spec(str(path), None, None, None)
+        assert message in capsys.readouterr().err
 
 
 def test_a_multi_student_row_trains_the_fan_out_and_reports_its_wall_clock(board, tmp_path, capsys):
