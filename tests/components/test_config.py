@@ -198,3 +198,29 @@ def test_a_distill_section_of_another_method_keeps_only_the_shared_keys(digits_n
     bad.write_text("distill: {method: ctm}\nteacher: {}\n")
     with pytest.raises(ConfigError, match="bad.yaml': expected a YAML mapping with one section, distill"):
         read_distill_file(str(bad))
+
+
+LOCAL_CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if "kubeflow" not in p.name)
+
+
+@pytest.mark.parametrize("name", LOCAL_CONFIGS)
+def test_every_local_run_config_resolves(name, digits_npz):
+    """configs/*.yaml (the Kubeflow ones: tests/infra/test_kubeflow.py) over params.yaml validate as the pipeline
+    reads them: no unknown key, no bad chain. data.path points at the digits here (the Fashion-MNIST npz is a
+    `make fashion-mnist` away); every other value is the file's."""
+    raw = yaml.safe_load((ROOT / "configs" / name).read_text())["parameters"]
+    params_file = raw.pop("params_file")
+    raw["data"] = {**raw.get("data", {}), "path": digits_npz, "classes": None}
+    cfg = load_params(str(ROOT / params_file), **raw)
+    assert cfg.distill.method == (raw.get("distill") or {}).get("method", "dmd2")
+
+
+def test_the_fashion_configs_share_one_teacher():
+    """Every Fashion-MNIST run config trains the same teacher (one cache key: the leaderboard's, the
+    pipeline's), and the guided chain there starts on that teacher's own step count (docs/guided.md)."""
+    read = lambda n: yaml.safe_load((ROOT / "configs" / n).read_text())["parameters"]     # noqa: E731
+    fashion = [n for n in LOCAL_CONFIGS if n.endswith("fashion16.yaml")]
+    assert "guided_fashion16.yaml" in fashion and "dmd2_fashion16.yaml" in fashion
+    assert all(read(n)["teacher"] == read("dmd2_fashion16.yaml")["teacher"] for n in fashion)
+    guided = read("guided_fashion16.yaml")
+    assert guided["distill"]["sampling_steps"] == guided["teacher"]["sampler_steps"]
