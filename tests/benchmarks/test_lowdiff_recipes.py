@@ -28,7 +28,7 @@ def test_the_lowest_level_alone_is_the_cascade_samplers_first_level(tiny_teacher
     sample_cascade(model, z * model.sigma_max, torch.tensor(recipe["sigmas"]), {"class_labels": labels, **recipe},
                    generator=g, callback=lambda d: levels.append(d["x"]))
     assert low.shape == (6, 1, 4, 4)
-    assert torch.allclose(low, levels[0].clamp(-1, 1), atol=1e-6)
+    assert torch.allclose(low, levels[0].clamp(-1, 1), atol=1e-4)        # float rounding of another call order
 
 
 def test_refining_real_images_starts_from_those_images(tiny_teacher, digits):
@@ -41,3 +41,25 @@ def test_refining_real_images_starts_from_those_images(tiny_teacher, digits):
     assert torch.allclose(gen.images, upsample(x_low, 2), atol=1e-2)
     other = refine_real(model, -x_low, labels, seed=0, steps=2, sigma_start=model.sigma_min * 1.001)
     assert not torch.allclose(other.images, gen.images, atol=1e-2)
+
+
+def test_the_page_summarises_over_training_seeds_and_re_renders_from_its_json(tmp_path):
+    from benchmarks import lowdiff_recipes as lr
+
+    rows = [{"model": lr.BASELINE_ROW, "train_seed": s, "recipe": "as trained (8 at 16x16)", "fre_nfe": 15.0,
+             "fid": f, "class_acc": 0.8, "nfe": 15} for s, f in ((0, 6.0), (1, 8.0))]
+    rows += [{"model": lr.CASCADE_ROW, "train_seed": s, "recipe": "8 at 8x8, 4 at 16x16 from 1 (as trained)",
+              "fre_nfe": 10.75, "fid": f, "class_acc": 0.7, "nfe": 22} for s, f in ((0, 14.0), (1, 15.0))]
+    timing = {"baseline": 60.0, "8 at 8x8, 4 at 16x16 from 1 (as trained)": 90.0}
+    summary = lr.summarize(rows, timing)
+    assert [(r["fid"], r["seeds"]) for r in summary] == [(7.0, 2), (14.5, 2)]
+    result = {"rows": rows, "summary": summary, "timing_images_per_s_b256": timing, "args": {},
+              "protocol": {"samples": 10, "sample_seed": 0, "feature_net": "f", "reference": "r"},
+              "provenance": {"started_utc": "a", "finished_utc": "b", "machine": "m", "commit": "c", "argv": []}}
+    page = tmp_path / "recipes.md"
+    lr.write_page(result, page)
+    text = page.read_text()
+    assert "| 14.50 +- 0.50 | 2.07 |" in text and "| 90 | 1.50 |" in text
+    page.write_text("stale")
+    lr.main(["--from-json", "--write-docs", str(page)])
+    assert page.read_text() == text
