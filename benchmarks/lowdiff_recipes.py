@@ -116,6 +116,7 @@ def main(argv=None) -> dict:
                        for i, c in enumerate(labels)])
     real8 = downsample(x_ev[idx], 2)
     ref8 = FeatureSet(extract(ctx.extractor, upsample(downsample(x_ev, 2), 2)), "real-eval 8x8 up", ctx.extractor.name)
+    real_up = FeatureSet(extract(ctx.extractor, upsample(real8, 2)), "real 8x8 up", ctx.extractor.name)  # the check
 
     def score(gen, who):
         m, _ = score_samples(gen, who, ctx.extractor, ctx.fnet, ctx.refs)
@@ -153,7 +154,6 @@ def main(argv=None) -> dict:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         low = generate_low(model, labels, args.sample_seed, n8, cfg.evaluation.batch_size)
         feats = FeatureSet(extract(ctx.extractor, upsample(low, 2)), "cascade 8x8 up", ctx.extractor.name)
-        real_up = FeatureSet(extract(ctx.extractor, upsample(real8, 2)), "real 8x8 up", ctx.extractor.name)
         rows.append({"model": CASCADE_ROW, "train_seed": seed, "recipe": f"8x8 level only ({n8} steps), upsampled, "
                      "vs the real 8x8 views upsampled", "fre_nfe": (2 * n8 - 1) / 4,
                      "fid": fid(feats.stats(), ref8.stats(), ctx.extractor.name).fid,
