@@ -3,7 +3,8 @@
 Rules (each optional, see GateConfig): an absolute FID ceiling, a ceiling on student/teacher FID,
 a ceiling on the excess-FID ratio (how many times further above the real-vs-real floor than the
 teacher: raw FID ratios look kind when the floor is a large part of both FIDs), a class-accuracy
-floor, and "no worse than the production model" with the production student
+floor (absolute, or a fraction of the real eval images' own class accuracy, which differs by dataset:
+the default), and "no worse than the production model" with the production student
 scored on the same reference statistics as this run. The decision lists every check with its
 value and threshold, so a rejection says why.
 """
@@ -20,10 +21,11 @@ from components.metrics.summary import excess_fid_ratio
 def check_gate_config(cfg: GateConfig) -> None:
     """Thresholds that cannot work together are an error before anything runs."""
     fid_rules = (cfg.fid_max, cfg.fid_ratio_max, cfg.excess_fid_ratio_max)
-    if all(r is None for r in fid_rules) and cfg.class_acc_min is None and not cfg.beat_production:
+    acc_rules = (cfg.class_acc_min, cfg.class_acc_min_real)
+    if all(r is None for r in fid_rules + acc_rules) and not cfg.beat_production:
         raise ConfigError("config field 'gate': every rule is off (fid_max, fid_ratio_max, excess_fid_ratio_max, "
-                          "class_acc_min null and beat_production false) - a gate that passes anything; set at "
-                          "least one rule")
+                          "class_acc_min, class_acc_min_real null and beat_production false) - a gate that passes "
+                          "anything; set at least one rule")
     if cfg.promote_to == "production" and not cfg.beat_production and all(r is None for r in fid_rules):
         raise ConfigError("config field 'gate.promote_to': 'production' needs an FID rule (fid_max, fid_ratio_max, "
                           "excess_fid_ratio_max or beat_production) so a worse model cannot replace the current one")
@@ -49,7 +51,7 @@ def _fmt(v) -> str:
 
 
 def decide(cfg: GateConfig, metrics: dict, production_fid: Optional[float] = None) -> GateDecision:
-    """metrics: the run's summary (student_fid, teacher_fid, student_class_acc, real_floor_fid);
+    """metrics: the run's summary (student_fid, teacher_fid, student_class_acc, real_floor_fid, real_class_acc);
     production_fid: the production student's FID on this run's references (None: no production model)."""
     if cfg.fid_max is not None and cfg.fid_max < metrics["real_floor_fid"]:
         raise ConfigError(f"config field 'gate.fid_max': {cfg.fid_max} is below the real-data floor "
@@ -79,6 +81,13 @@ def decide(cfg: GateConfig, metrics: dict, production_fid: Optional[float] = Non
         acc = float(metrics["student_class_acc"])
         checks.append({"rule": "class accuracy floor", "value": acc, "threshold": cfg.class_acc_min,
                        "passed": acc >= cfg.class_acc_min})
+    if cfg.class_acc_min_real is not None:
+        if metrics.get("real_class_acc") is None:
+            raise ValueError("gate.class_acc_min_real: the run's metrics have no real_class_acc (the real eval "
+                             "images' class accuracy, written by the teacher evaluation); re-run the evaluation")
+        acc, floor = float(metrics["student_class_acc"]), cfg.class_acc_min_real * float(metrics["real_class_acc"])
+        checks.append({"rule": "class accuracy floor, relative to real images", "value": acc, "threshold": floor,
+                       "passed": acc >= floor})
     if cfg.beat_production and production_fid is not None:
         checks.append({"rule": "no worse than production", "value": fid, "threshold": production_fid,
                        "passed": fid <= production_fid})

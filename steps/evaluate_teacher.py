@@ -25,6 +25,7 @@ def evaluate_teacher(teacher: Denoiser, dataset: ImageDataset, feature_net: Feat
     pin_threads(threads)                 # compute.threads (0: as it is)
     metrics, feats, gen = evaluate_teacher_model(teacher, dataset, feature_net, references, evaluation)
     log_step_metadata({"teacher_fid": metrics["fid"], "teacher_class_acc": metrics["class_acc"],
-                       "teacher_nfe": metrics["nfe"], "teacher_latency_p50_ms": 1000 * metrics["latency_p50"],
+                       "real_class_acc": metrics["real_class_acc"], "teacher_nfe": metrics["nfe"],
+                       "teacher_latency_p50_ms": 1000 * metrics["latency_p50"],
                        **({"teacher_kid": metrics["kid"]} if metrics["kid"] is not None else {})})
     return metrics, feats, sample_grid(gen.images, gen.labels, dataset.num_classes, evaluation.grid_per_class)

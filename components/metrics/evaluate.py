@@ -107,7 +107,7 @@ def with_heun_steps(teacher, steps: int):
 def evaluate_teacher_model(teacher, data: ImageDataset, feature_net: FeatureNet, refs: References,
                            cfg: EvalConfig, progress: bool = True) -> tuple[dict, FeatureSet, Generated]:
     """The teacher's figures at its own multi-step sampler (plus FID at cfg.teacher_nfe_steps),
-    with the real-vs-real floor. Non-finite teacher samples are an error."""
+    with the real-vs-real floor and the real eval images' class accuracy. Non-finite teacher samples are an error."""
     from components.diffusion import state_hash
 
     extractor = extractor_for(cfg, feature_net)
@@ -119,7 +119,9 @@ def evaluate_teacher_model(teacher, data: ImageDataset, feature_net: FeatureNet,
         m, _, _ = evaluate_generator(with_heun_steps(teacher, steps), f"teacher-{steps}", extractor, feature_net,
                                      data, refs, cfg, progress)
         curve.append({"model": "teacher", "nfe": m["nfe"], "fid": m["fid"]})
+    x_ev, y_ev = data.split("eval")
     metrics.update(teacher_sha256=state_hash(teacher), real_floor=real_floor(refs, cfg.num_samples, cfg.seed),
+                   real_class_acc=float((feature_net.embed(x_ev)[1] == y_ev).float().mean()),   # the gate's scale
                    latency_p50=latency_p50(teacher, data.num_classes, cfg.latency_repeats),
                    fid_vs_nfe=sorted(curve, key=lambda p: p["nfe"]))
     return metrics, feats, gen

@@ -24,6 +24,7 @@ def summary(teacher: dict, student: dict, gap: dict) -> dict:
         "student_sampling_seconds": s_sec,
         "fid_ratio": student["fid"] / teacher["fid"] if teacher["fid"] > 0 else float("inf"),
         "distill_gap_fid": gap["fid"], "real_floor_fid": floor["fid"],
+        "real_class_acc": teacher.get("real_class_acc"),      # None: teacher metrics from before it was recorded
         # excess FID: above the real-vs-real floor at the same sample count (what a model can still gain)
         "teacher_excess_fid": teacher["fid"] - floor["fid"], "student_excess_fid": student["fid"] - floor["fid"],
         "excess_fid_ratio": excess_fid_ratio(student["fid"] - floor["fid"], teacher["fid"] - floor["fid"]),

@@ -11,7 +11,8 @@ from components.metrics.evaluate import evaluate_student_model, evaluate_teacher
 from components.metrics.extractors import DatasetFeatures
 from components.teacher import build_teacher
 
-GOOD = {"student_fid": 20.0, "teacher_fid": 18.0, "student_class_acc": 0.97, "real_floor_fid": 13.6}
+GOOD = {"student_fid": 20.0, "teacher_fid": 18.0, "student_class_acc": 0.97, "real_floor_fid": 13.6,
+        "real_class_acc": 0.97}
 
 
 def test_a_good_student_passes_and_is_promoted():
@@ -29,6 +30,8 @@ def test_a_good_student_passes_and_is_promoted():
     # raw ratio 1.11 passes 1.2; above the floor the student is 1.45x as far as the teacher
     (GateConfig(fid_ratio_max=1.2, excess_fid_ratio_max=1.2), GOOD, None, "excess FID ratio to teacher"),
     (GateConfig(class_acc_min=0.99), GOOD, None, "class accuracy floor"),
+    # the default floor: 0.9 x the real eval images' 0.97 = 0.873
+    (GateConfig(), {**GOOD, "student_class_acc": 0.87}, None, "class accuracy floor, relative to real images"),
     (GateConfig(), GOOD, 19.5, "no worse than production"),
     (GateConfig(), {**GOOD, "student_fid": float("nan")}, None, "student samples finite"),
 ])
@@ -37,6 +40,20 @@ def test_each_rule_rejects_on_its_own(cfg, metrics, production, rule):
     assert not d.passed and d.promote_to is None
     assert [r.split(":")[0] for r in d.reasons] == [rule]
     assert rule in d.summary() and "REJECTED" in d.summary()
+
+
+def test_the_relative_class_floor_follows_the_dataset():
+    """One default for every dataset: a Fashion-MNIST student at 0.84 passes where real images score 0.888 (an
+    absolute 0.9 rejected it), and the same 0.84 fails where real images score 0.97 (the digits)."""
+    fashion = {**GOOD, "student_class_acc": 0.84, "real_class_acc": 0.888}
+    assert decide(GateConfig(), fashion).passed
+    assert not decide(GateConfig(class_acc_min=0.9, class_acc_min_real=None), fashion).passed
+    assert not decide(GateConfig(), {**fashion, "real_class_acc": 0.97}).passed
+    check = next(c for c in decide(GateConfig(), fashion).checks if c["rule"].endswith("relative to real images"))
+    assert check["threshold"] == pytest.approx(0.9 * 0.888)
+    with pytest.raises(ValueError, match=r"gate\.class_acc_min_real: .*no real_class_acc"):
+        decide(GateConfig(), {k: v for k, v in GOOD.items() if k != "real_class_acc"})
+    assert decide(GateConfig(class_acc_min_real=None), {k: v for k, v in GOOD.items() if k != "real_class_acc"}).passed
 
 
 def test_excess_ratio_of_a_teacher_at_the_floor():
@@ -51,7 +68,7 @@ def test_excess_ratio_of_a_teacher_at_the_floor():
 def test_inconsistent_thresholds_are_errors(digits_npz):
     with pytest.raises(ConfigError, match=r"'gate': every rule is off"):
         resolve_config(data={"path": digits_npz}, gate={"excess_fid_ratio_max": None, "beat_production": False,
-                                                        "class_acc_min": None})
+                                                        "class_acc_min": None, "class_acc_min_real": None})
     with pytest.raises(ConfigError, match=r"gate\.promote_to"):
         resolve_config(data={"path": digits_npz}, gate={"excess_fid_ratio_max": None, "beat_production": False,
                                                         "class_acc_min": 0.5, "promote_to": "production"})

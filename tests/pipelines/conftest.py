@@ -13,9 +13,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 ZENML = str(Path(sys.executable).with_name("zenml"))
-PASS_GATE = {"class_acc_min": None, "fid_ratio_max": 100.0, "excess_fid_ratio_max": None}  # the tiny student passes
+PASS_GATE = {"class_acc_min": None, "class_acc_min_real": None, "fid_ratio_max": 100.0, "excess_fid_ratio_max": None}  # the tiny student passes
 REJECT_GATE = {"fid_ratio_max": 0.01}        # FID at most 1% of the teacher's: no student passes
-OPEN_GATE = {"class_acc_min": None, "fid_ratio_max": None, "excess_fid_ratio_max": None}   # every model passes
+OPEN_GATE = {"class_acc_min": None, "class_acc_min_real": None, "fid_ratio_max": None, "excess_fid_ratio_max": None}   # every model passes
 # a LowDiff cascade (4x4 -> 8x8 digits) trained from scratch for a few iterations (3 + 3 NFE), then distilled by
 # DMD2 to one evaluation per level (distill.cascade_dmd2: a second distill step, distill_cascade)
 LOWDIFF = {"method": "lowdiff", "resolutions": [4, 8], "steps": [2, 2], "start_sigma": [1.0], "iterations": 4,
