@@ -284,7 +284,7 @@ class Context:
         from components.diffusion import load_denoiser, state_hash
         from components.diffusion.generate import balanced_labels
         from components.diffusion.pairs import load_pairs
-        from components.metrics import FeatureNet
+        from components.metrics import FeatureNet, class_accuracy
         from components.metrics.evaluate import extractor_for, real_floor, reference_features
         from components.teacher import teacher_sampling
 
@@ -300,8 +300,7 @@ class Context:
         self.n, self.sample_seeds = cfg.evaluation.num_samples, sample_seeds
         self.labels = balanced_labels(self.n, self.data.num_classes)
         self.floor = real_floor(self.refs, self.n, cfg.evaluation.seed)
-        x_ev, y_ev = self.data.split("eval")
-        self.real_class_acc = float((self.fnet.embed(x_ev)[1] == y_ev).float().mean())
+        self.real_class_acc = class_accuracy(self.fnet, self.data)
         self.threads = torch.get_num_threads()
         self.commit = "unknown"                 # set by run_dataset: the commit each student seed records
         self.trained: set[Path] = set()         # the cache entries this run trained: --fresh trains a sweep's once

@@ -16,7 +16,7 @@ from components.data import ImageDataset
 from components.diffusion.generate import Generated, balanced_labels, generate, sample_batch
 from components.diffusion.noise_schedule import karras_sigmas
 from components.metrics.extractors import build_extractor, extract
-from components.metrics.features import FeatureNet
+from components.metrics.features import FeatureNet, class_accuracy
 from components.metrics.fid import FeatureSet, ReferenceFeatures, fid, kid
 
 References = ReferenceFeatures
@@ -119,9 +119,8 @@ def evaluate_teacher_model(teacher, data: ImageDataset, feature_net: FeatureNet,
         m, _, _ = evaluate_generator(with_heun_steps(teacher, steps), f"teacher-{steps}", extractor, feature_net,
                                      data, refs, cfg, progress)
         curve.append({"model": "teacher", "nfe": m["nfe"], "fid": m["fid"]})
-    x_ev, y_ev = data.split("eval")
     metrics.update(teacher_sha256=state_hash(teacher), real_floor=real_floor(refs, cfg.num_samples, cfg.seed),
-                   real_class_acc=float((feature_net.embed(x_ev)[1] == y_ev).float().mean()),   # the gate's scale
+                   real_class_acc=class_accuracy(feature_net, data),   # the gate's scale
                    latency_p50=latency_p50(teacher, data.num_classes, cfg.latency_repeats),
                    fid_vs_nfe=sorted(curve, key=lambda p: p["nfe"]))
     return metrics, feats, gen

@@ -44,6 +44,21 @@ def test_feature_net_learns_digits(feature_net):
     assert info["eval_accuracy"] > 0.8
 
 
+def test_class_accuracy_is_the_share_of_real_images_given_their_own_label(feature_net, digits):
+    """One helper scores the real images for the feature net's report, the teacher evaluation and the
+    leaderboard: it counts the head's hits per split, and wrong labels lower it."""
+    import dataclasses
+
+    from components.metrics import class_accuracy
+
+    net, info = feature_net
+    assert class_accuracy(net, digits) == info["eval_accuracy"]
+    x, y = digits.split("train")
+    assert class_accuracy(net, digits, "train") == pytest.approx(float((net(x).argmax(1) == y).float().mean()))
+    shifted = dataclasses.replace(digits, labels=(digits.labels + 1) % digits.num_classes)
+    assert class_accuracy(net, shifted) < 0.3
+
+
 def test_feature_net_roundtrip(tmp_path, feature_net, digits):
     net, _ = feature_net
     net.save_pretrained(tmp_path / "f")
