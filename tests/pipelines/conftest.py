@@ -48,8 +48,9 @@ def tiny_config(tmp_path, data_path, gate=None) -> dict:
 
 
 def run_zenml(env, config, pipeline: str = "dmd2_pipeline") -> subprocess.CompletedProcess:
-    """The README's command: zenml pipeline run pipelines.<pipeline> -c <config>."""
-    return subprocess.run([ZENML, "pipeline", "run", f"pipelines.{pipeline}", "-c", str(config)],
+    """The README's command: zenml pipeline run <pipeline> -c <config> (the short form: a module of the
+    pipeline's name at the repository root, ZenML's source root)."""
+    return subprocess.run([ZENML, "pipeline", "run", pipeline, "-c", str(config)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
 
 
@@ -110,7 +111,7 @@ MSD = {"method": "msd", "students": 2, "iterations": 2, "batch_size": 16, "dfake
 def run_until_step(env, config, pipeline: str, step: str) -> str:
     """Start `zenml pipeline run` and SIGKILL it as soon as the step `step` has started (a node lost mid-run);
     -> what it printed."""
-    proc = subprocess.Popen([ZENML, "pipeline", "run", f"pipelines.{pipeline}", "-c", str(config)], env=env, cwd=ROOT,
+    proc = subprocess.Popen([ZENML, "pipeline", "run", pipeline, "-c", str(config)], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
