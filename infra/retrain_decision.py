@@ -4,7 +4,7 @@ Pure decision logic (no ZenML): `infra/retrain.py` reads the production model ve
 lineage from ZenML, builds both `ModelVersions` and asks `decide_retrain`.
 
 What is compared:
-- the data version: the md5 that the data's .dvc file (data/digits.npz.dvc) records (DVC's content hash;
+- the data version: the md5 that the data's .dvc file (data.dvc for the built-in digits) records (DVC's content hash;
   `components.data.versioning.dvc_tracking`), or, for data DVC does not track, the content md5 of
   the data path itself (`dvc_md5`). A run records both in its lineage (`dvc_md5`, `data_md5`).
 - the teacher identity: sha256 of the resolved `teacher` config section (what a trained teacher is

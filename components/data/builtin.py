@@ -4,7 +4,7 @@ scikit-learn bundles 1,797 real 8x8 handwritten digits (pixel values 0..16), so 
 downloaded. They are written in the EDM/DMD2 npz layout - `images` (N, H, W, C) uint8 and
 `labels` (N,) - with 0..16 mapped to round(v * 255 / 16). np.savez stamps the current time into
 its zip entries, so the file is written here with fixed timestamps and no compression: the same
-bytes everywhere, hence the same DVC hash as the committed data/digits.npz.dvc.
+bytes everywhere, hence the same DVC hash as the committed data.dvc.
 
     python -m components.data.builtin [--out data/digits.npz]
 """

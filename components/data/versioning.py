@@ -36,17 +36,21 @@ def dvc_md5(path: str | os.PathLike) -> str:
 
 
 def dvc_tracking(path: str | os.PathLike) -> dict:
-    """The .dvc file that tracks `path` (itself or a parent folder) and its recorded hash, if any."""
-    p = Path(path).absolute()
-    for candidate in (p, *p.parents):
-        if not candidate.name:
-            break
-        dvc_file = candidate.with_name(candidate.name + ".dvc")
-        if dvc_file.is_file():
-            outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
-            out = outs[0]
-            return {"dvc_file": os.path.relpath(dvc_file), "dvc_path": os.path.relpath(candidate),
-                    "dvc_md5": str(out.get("md5", ""))}
+    """The .dvc file that tracks `path` (itself or a folder around it) and its recorded hash, if any: the
+    nearest folder's .dvc files are read first, any of them may name it among its outs (the top-level data.dvc
+    names data/digits.npz; `dvc add data/x.npz` writes data/x.npz.dvc beside it)."""
+    p = Path(os.path.normpath(Path(path).absolute()))
+    for folder in p.parents:
+        for dvc_file in sorted(f for f in folder.glob("*.dvc") if f.is_file()):
+            try:
+                outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
+            except (yaml.YAMLError, AttributeError) as e:
+                raise ValueError(f"{dvc_file}: not a DVC file (expected YAML with a list of outs): {e}") from None
+            for out in outs:
+                tracked = Path(os.path.normpath(folder / str(out.get("path", ""))))
+                if tracked == p or tracked in p.parents:
+                    return {"dvc_file": os.path.relpath(dvc_file), "dvc_path": os.path.relpath(tracked),
+                            "dvc_md5": str(out.get("md5", ""))}
     return {"dvc_file": "", "dvc_path": "", "dvc_md5": ""}
 
 

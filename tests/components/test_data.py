@@ -39,10 +39,10 @@ def test_split_is_seeded():
 
 
 def test_materialised_digits_match_the_committed_data_dvc(tmp_path):
-    """The same bytes on every machine: the hash DVC recorded in data/digits.npz.dvc."""
+    """The same bytes on every machine: the hash DVC recorded in the top-level data.dvc."""
     materialize_digits(tmp_path / "data" / "digits.npz")
-    committed = yaml.safe_load((ROOT / "data" / "digits.npz.dvc").read_text())["outs"][0]
-    assert committed["path"] == "digits.npz"
+    committed = yaml.safe_load((ROOT / "data.dvc").read_text())["outs"][0]
+    assert committed["path"] == "data/digits.npz"
     assert dvc_md5(tmp_path / "data" / "digits.npz") == committed["md5"]
     with np.load(tmp_path / "data" / "digits.npz", allow_pickle=False) as z:
         assert z["images"].shape == (1797, 8, 8, 1) and z["images"].dtype == np.uint8
@@ -232,16 +232,40 @@ def test_data_check_says_whether_data_matches_data_dvc(tmp_path, capsys, monkeyp
     from components.data.versioning import main
 
     materialize_digits(tmp_path / "data" / "digits.npz")
-    (tmp_path / "data" / "digits.npz.dvc").write_text((ROOT / "data" / "digits.npz.dvc").read_text())
+    (tmp_path / "data.dvc").write_text((ROOT / "data.dvc").read_text())
     monkeypatch.chdir(tmp_path)
     main(["data/digits.npz"])
-    assert "data/digits.npz: matches data/digits.npz.dvc" in capsys.readouterr().out
+    assert "data/digits.npz: matches data.dvc" in capsys.readouterr().out
     (tmp_path / "data" / "extra.npz").write_text("x")                  # another dataset beside it: no change
     main(["data/digits.npz"])
-    assert "matches data/digits.npz.dvc" in capsys.readouterr().out
+    assert "matches data.dvc" in capsys.readouterr().out
     with np.load(tmp_path / "data" / "digits.npz") as z:
         images, labels = z["images"].copy(), z["labels"]
     images[0, 0, 0, 0] ^= 1
     write_npz(tmp_path / "data" / "digits.npz", {"images": images, "labels": labels})
     main(["data/digits.npz"])
-    assert "differs from data/digits.npz.dvc" in capsys.readouterr().out
+    assert "differs from data.dvc" in capsys.readouterr().out
+
+
+def test_each_dataset_is_found_in_its_own_dvc_file_and_adding_one_changes_no_other(tmp_path, monkeypatch):
+    """data.dvc names the default dataset; another one gets a .dvc file of its own (what `dvc add` writes),
+    so the digits' recorded hash is the same with or without Fashion-MNIST beside them."""
+    from components.data.versioning import dvc_tracking
+
+    materialize_digits(tmp_path / "data" / "digits.npz")
+    (tmp_path / "data.dvc").write_text((ROOT / "data.dvc").read_text())
+    monkeypatch.chdir(tmp_path)
+    digits = dvc_tracking("data/digits.npz")
+    assert digits == {"dvc_file": "data.dvc", "dvc_path": "data/digits.npz", "dvc_md5": dvc_md5("data/digits.npz")}
+    (tmp_path / "data" / "fashion.npz").write_bytes(b"f")
+    (tmp_path / "data" / "fashion.npz.dvc").write_text(f"outs:\n- md5: {dvc_md5('data/fashion.npz')}\n"
+                                                       "  path: fashion.npz\n")
+    assert dvc_tracking("data/fashion.npz")["dvc_file"] == "data/fashion.npz.dvc"
+    assert dvc_tracking("data/digits.npz") == digits
+    (tmp_path / "images" / "cat").mkdir(parents=True)           # a folder dataset: a file inside it is tracked by it
+    (tmp_path / "images.dvc").write_text("outs:\n- md5: abc.dir\n  path: images\n")
+    assert dvc_tracking("images/cat/1.png")["dvc_path"] == "images"
+    assert dvc_tracking("elsewhere.npz")["dvc_file"] == ""
+    (tmp_path / "broken.dvc").write_text("outs: [\n")
+    with pytest.raises(ValueError, match="broken.dvc: not a DVC file"):
+        dvc_tracking("data/digits.npz")

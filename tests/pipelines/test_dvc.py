@@ -65,6 +65,7 @@ def dvc_repo(tmp_path_factory):
         (repo / "params_lowdiff.yaml").write_text(yaml.safe_dump(lowdiff, sort_keys=False))
         shutil.copytree(ROOT / "components", repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
         materialize_digits(repo / "data" / "digits.npz")
+        shutil.copy(ROOT / "data.dvc", repo / "data.dvc")      # the committed data version: `data` reads it
         (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(repo / "data" / "digits.npz"), sort_keys=False))
         env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", DVC_NO_ANALYTICS="1",
                    GX_ANALYTICS_ENABLED="false", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
@@ -81,6 +82,7 @@ def dvc_repo(tmp_path_factory):
 
 def test_dvc_repro_builds_everything_then_does_nothing(dvc_repo):
     repo, env, first, _ = dvc_repo
+    assert "Verifying data sources in stage: 'data.dvc'" in first        # the data version DVC reads: data.dvc
     for stage in ("data", "features", "teacher", "pairs", "distill", "teacher_eval", "evaluate", "export"):
         assert f"Running stage '{stage}'" in first
     # the tiny student fails the default gate (class accuracy, among others): the export holds only the reasons
