@@ -28,7 +28,7 @@ install: $(BIN)/.installed
 	$(BIN)/zenml init
 
 # The built-in digits written into data/ - the same bytes on every machine, so the committed
-# data/digits.npz.dvc holds (the check below says so). Your own data: docs/data.md.
+# data.dvc holds (the check below says so). Your own data: docs/data.md.
 data/digits.npz: | $(BIN)/.installed
 	$(BIN)/python -m components.data.builtin --out $@
 
@@ -44,9 +44,10 @@ data/fashion_mnist.npz: | $(BIN)/.installed
 fashion-mnist: data/fashion_mnist.npz
 	$(BIN)/python -m components.data.versioning data/fashion_mnist.npz
 
-# The embedded default: digits -> validate -> teacher -> one-step DMD2 -> FIDs, on the active ZenML stack.
+# The embedded default: digits -> validate -> teacher -> one-step DMD2 -> FIDs, on the active ZenML stack
+# (the short form finds its run config, configs/dmd2_local.yaml; `-c` selects another).
 run: install .zen data
-	$(BIN)/zenml pipeline run pipelines.dmd2_pipeline -c configs/dmd2_local.yaml
+	$(BIN)/zenml pipeline run dmd2_pipeline
 
 # The same result rebuilt by DVC from dvc.yaml + params.yaml (stages run the venv's python).
 repro: install data

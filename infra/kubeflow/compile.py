@@ -13,7 +13,7 @@ compiles it, and the file is kept instead of uploaded. The config must name its 
 
 The compiled file is for review, diffs and CI checks: its steps refer to a snapshot in the throwaway
 store, so to *run* on a cluster use a Kubeflow stack on a ZenML server (infra/zenml/stacks.py) and
-`zenml pipeline run pipelines.dmd2_pipeline -c configs/dmd2_kubeflow.yaml`.
+`zenml pipeline run dmd2_pipeline -c configs/dmd2_kubeflow.yaml`.
 Exit status: 0 written; 1 the pipeline could not be compiled (e.g. a GPU step without an `accelerator`
 node selector); 2 bad arguments or config file. Errors are one line on stderr; nothing is written.
 """
