@@ -170,14 +170,16 @@ def save_checkpoint(directory: str | os.PathLike, step: int, state: dict, meta: 
     doc = {"format": FORMAT, "version": VERSION, "step": step,
            "meta": _Encoder(allow_tensors=False, what="meta").encode(meta),
            "state": enc.encode(state), "tensors": sorted(enc.tensors)}
-    text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
+    text = json.dumps(doc, indent=1, allow_nan=False, sort_keys=True) + "\n"   # the same bytes on every rerun
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
     final = directory / name
     with atomic_dir(final, durable=True) as tmp:     # re-saving a step replaces the old folder whole
-        save_file(enc.tensors, str(tmp / STATE_TENSORS), metadata={"format": FORMAT, "step": str(step)})
+        # one metadata key: safetensors writes several in a random order (a Rust HashMap), so the same state would
+        # hash differently on every save; the step is in state.json and the folder name
+        save_file(enc.tensors, str(tmp / STATE_TENSORS), metadata={"format": FORMAT})
         (tmp / STATE_JSON).write_text(text)
 
     done = sorted((s, p) for p in directory.iterdir() if (s := _step_of(p)) is not None and _complete(p))

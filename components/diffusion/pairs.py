@@ -34,6 +34,9 @@ FORMAT = 1
 MANIFEST = "pairs.json"
 SHARD_RE = re.compile(r"^shard-(\d{5,})\.safetensors$")
 TENSORS = ("noise", "labels", "images")
+# a shard's own metadata (key, index, start, rows ...) as one sorted-JSON value: safetensors writes several metadata
+# keys in a random order (a Rust HashMap), which gave the same pairs another md5 on every run (dvc.lock's hash)
+SHARD_META = "fewstep_pairs"
 DETERMINISTIC_SAMPLERS = ("heun",)   # samplers that draw no noise: batching cannot change their output
 _SEED_STRIDE = 1_000_003
 
@@ -100,7 +103,15 @@ def _write_shard(path: Path, noise, labels, images, meta: dict) -> None:
         save_file({"noise": noise.detach().to("cpu", torch.float32).contiguous(),
                    "labels": labels.detach().to("cpu", torch.int64).contiguous(),
                    "images": images.detach().to("cpu", torch.float32).contiguous()},
-                  str(tmp), metadata={k: str(v) for k, v in meta.items()})
+                  str(tmp), metadata={SHARD_META: json.dumps({k: str(v) for k, v in meta.items()}, sort_keys=True)})
+
+
+def _unpack_meta(metadata: Optional[dict]) -> dict:
+    """A shard's metadata (what _write_shard packed into one key; {} for a shard of another format)."""
+    try:
+        return dict(json.loads((metadata or {}).get(SHARD_META, "{}")))
+    except (ValueError, TypeError):
+        return {}
 
 
 def _shard_meta(path: Path) -> Optional[dict]:
@@ -109,7 +120,7 @@ def _shard_meta(path: Path) -> Optional[dict]:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
+            meta = _unpack_meta(f.metadata())
             keys = set(f.keys())
             rows = {k: f.get_slice(k).get_shape()[0] for k in TENSORS if k in keys}
     except Exception:  # noqa: BLE001 - any unreadable file is "not a valid shard"
@@ -261,7 +272,7 @@ def load_pairs(directory: str | Path, teacher_sha256: Optional[str] = None,
                               "rerun generate_pairs to finish them)")
         try:
             with safe_open(str(path), framework="pt") as f:
-                meta = dict(f.metadata() or {})
+                meta = _unpack_meta(f.metadata())
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # noqa: BLE001 - a corrupt file of any kind
             raise ConfigError(f"{label} '{path}': corrupt shard ({type(e).__name__}); expected a safetensors "

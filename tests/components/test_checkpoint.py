@@ -154,3 +154,16 @@ def test_config_diff_and_describe():
     assert describe_diff(saved, current, ["distill.lr_gen", "distill.seed"]) == \
         "distill.lr_gen (checkpoint 0.0002, run 0.0001), distill.seed (checkpoint 0, run 1)"
     assert describe_diff(saved, current, ["data.old"]) == "data.old (checkpoint 1, run absent)"
+
+
+def test_the_same_state_saves_to_the_same_bytes(tmp_path):
+    """A rerun of the same training writes checkpoints with the same md5 (what dvc.lock records): no key order
+    left to chance in state.json or in the safetensors header."""
+    import hashlib
+
+    objs = _setup(0)
+    _train(*objs, steps=2)
+    state, meta = _state(*objs), {"logs": {"loss_b": 1.0, "loss_a": 2.0}, "config": {"z": 1, "a": [1, 2]}}
+    folders = [save_checkpoint(tmp_path / name, 2, state, meta) for name in ("one", "two", "three")]
+    for f in ("state.json", "state.safetensors"):
+        assert len({hashlib.md5((d / f).read_bytes()).hexdigest() for d in folders}) == 1, f

@@ -185,3 +185,16 @@ def test_missing_or_corrupt_files_are_one_line_config_errors(tmp_path):
     (out / MANIFEST).write_text("{not json")
     with pytest.raises(ConfigError, match=r"pairs\.json.*unreadable"):
         load_pairs(out)
+
+
+def test_the_same_pairs_write_the_same_bytes(tmp_path):
+    """Generated twice, every shard has the same md5 (dvc.lock's hash of artifacts/pairs): the shard's own metadata
+    is one sorted-JSON value, not several safetensors keys that are written in a random order."""
+    import hashlib
+
+    cfg = PairsConfig(num_pairs=6, shard_size=3, batch_size=3, seed=1)
+    digests = []
+    for name in ("a", "b", "c"):
+        generate_pairs(_teacher(), cfg, tmp_path / name, progress=False)
+        digests.append({p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in (tmp_path / name).iterdir()})
+    assert digests[0] == digests[1] == digests[2] and len(digests[0]) == 3       # 2 shards + the manifest
