@@ -133,7 +133,7 @@ def test_a_changed_parameter_reruns_only_its_stage(dvc_repo):
     assert "Running stage 'export'" in r.stdout and "Running stage 'evaluate'" not in r.stdout
     assert "Running stage 'distill'" not in r.stdout and "quality gate: REJECTED" in r.stdout
     diff = json.loads(_sh([DVC, "params", "diff", "--json"], repo, env).stdout)
-    assert {k: diff["params.yaml"]["gate.excess_fid_ratio_max"][k] for k in ("old", "new")} == {"old": 4.0, "new": 3.5}
+    assert {k: diff["params.yaml"]["gate.excess_fid_ratio_max"][k] for k in ("old", "new")} == {"old": 5.0, "new": 3.5}
 
 
 def test_the_guided_chain_runs_the_commands_dvc_yaml_gives(dvc_repo, monkeypatch, one_thread):
@@ -150,7 +150,7 @@ def test_the_guided_chain_runs_the_commands_dvc_yaml_gives(dvc_repo, monkeypatch
     repo, env, _, metrics = dvc_repo
     chain = ["distill_guided", "halve@1", "halve@2", "evaluate_guided", "export_guided"]
     with Repo(str(repo)) as dvc:
-        by_name = {s.name: s for s in dvc.index.stages}
+        by_name = {s.name: s for s in dvc.index.stages if hasattr(s, "name")}   # data.dvc: a stage without one
         commands = [by_name[n].cmd for n in chain]
         graph = dvc.index.graph                          # edges: stage -> the stages whose outputs it reads
         for later, earlier in zip(chain[1:], chain):
@@ -188,7 +188,7 @@ def test_the_msd_fan_out_runs_the_commands_dvc_yaml_gives(dvc_repo, monkeypatch,
     fan = [f"distill_msd@{k}" for k in range(4)]
     chain = [*fan, "route_msd", "evaluate_msd", "export_msd"]
     with Repo(str(repo)) as dvc:
-        by_name = {s.name: s for s in dvc.index.stages}
+        by_name = {s.name: s for s in dvc.index.stages if hasattr(s, "name")}   # data.dvc: a stage without one
         commands = [by_name[n].cmd for n in chain]
         graph = dvc.index.graph
         for a in fan:
@@ -274,7 +274,7 @@ def test_the_lowdiff_chain_runs_the_commands_dvc_yaml_gives(dvc_repo, monkeypatc
     chain = ["distill_lowdiff", "evaluate_lowdiff", "export_lowdiff"]
     distilled = ["distill_lowdiff_dmd2", "evaluate_lowdiff_dmd2", "export_lowdiff_dmd2"]
     with Repo(str(repo)) as dvc:
-        by_name = {s.name: s for s in dvc.index.stages}
+        by_name = {s.name: s for s in dvc.index.stages if hasattr(s, "name")}   # data.dvc: a stage without one
         commands = [by_name[n].cmd for n in chain + distilled]
         graph = dvc.index.graph
         for later, earlier in [*zip(chain[1:], chain), ("distill_lowdiff_dmd2", "distill_lowdiff"),
