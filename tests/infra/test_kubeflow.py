@@ -154,33 +154,42 @@ def run_forked(tmp: Path, cases: dict, preload: list, env: dict, parallel: bool,
 FLOW_SCRIPT = """
 import json, sys
 from pipelines import dmd2_pipeline
-p = dmd2_pipeline.copy()
-distill = json.loads(sys.argv[4])                                   # a config's distill section, or null
-p.prepare(params_file=sys.argv[1], data={"path": sys.argv[3]},      # an empty .npz: no step runs, none reads it
-          **({"distill": distill} if distill else {}))
-flow = {name: sorted({a.invocation_id for a in inv.input_artifacts.values()} | set(inv.upstream_steps))
-        for name, inv in p.invocations.items()}
-open(sys.argv[2], "w").write(json.dumps(flow))
+flows = []
+for distill in json.loads(sys.argv[4]):                            # config distill sections, or null
+    p = dmd2_pipeline.copy()
+    p.prepare(params_file=sys.argv[1], data={"path": sys.argv[3]},  # an empty .npz: no step runs, none reads it
+              **({"distill": distill} if distill else {}))
+    flows.append({name: sorted({a.invocation_id for a in inv.input_artifacts.values()} | set(inv.upstream_steps))
+                  for name, inv in p.invocations.items()})
+open(sys.argv[2], "w").write(json.dumps(flows))
 """
+
+# The distill sections the tests ask pipeline_flow about, wired in one process (the imports take most of it).
+FLOW_VARIANTS = ("null", json.dumps(yaml.safe_load((ROOT / "configs" / "lowdiff_dmd2_fashion16.yaml").read_text())
+                                    ["parameters"]["distill"], sort_keys=True))
 
 
 @functools.lru_cache(maxsize=None)
+def _pipeline_flows(variants: tuple[str, ...]) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="flow-"))
+    (tmp / "none.npz").touch()                       # the wiring, not the data: a fresh clone has no data/ yet
+    try:
+        proc = subprocess.run([PYTHON, "-c", FLOW_SCRIPT, str(ROOT / "params.yaml"), str(tmp / "flow.json"),
+                               str(tmp / "none.npz"), "[" + ",".join(variants) + "]"], cwd=ROOT,
+                              env=isolated_env(tmp), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        flows = json.loads((tmp / "flow.json").read_text())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {v: {step: set(deps) for step, deps in flow.items()} for v, flow in zip(variants, flows)}
+
+
 def pipeline_flow(distill: str = "null") -> dict:
     """step -> the steps whose outputs it takes, as ZenML records dmd2_pipeline's wiring (pipelines/dmd2_pipeline.py
     and the shared steps of pipelines/wiring.py) when the pipeline function runs - each step invocation's input
     artifacts and explicit upstream steps - in a process of its own on a throwaway store, apart from the Kubeflow
     compile the tests compare with it. `distill`: a distill section (JSON) over params.yaml's."""
-    tmp = Path(tempfile.mkdtemp(prefix="flow-"))
-    (tmp / "none.npz").touch()                       # the wiring, not the data: a fresh clone has no data/ yet
-    try:
-        proc = subprocess.run([PYTHON, "-c", FLOW_SCRIPT, str(ROOT / "params.yaml"), str(tmp / "flow.json"),
-                               str(tmp / "none.npz"), distill], cwd=ROOT, env=isolated_env(tmp), capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        flow = json.loads((tmp / "flow.json").read_text())
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {step: set(deps) for step, deps in flow.items()}
+    return _pipeline_flows(FLOW_VARIANTS if distill in FLOW_VARIANTS else (distill,))[distill]
 
 
 def gpu_steps_in_config(cfg: dict) -> set:
