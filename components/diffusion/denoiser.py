@@ -62,6 +62,22 @@ class Denoiser(nn.Module):
         """(scaled input, noise conditioning) that the UNet sees for x at noise level sigma."""
         raise NotImplementedError
 
+    def training_sigmas(self, T: int) -> torch.Tensor:
+        """The grid of T noise levels, ascending, that DMD2's timestep indices refer to: a Karras grid over
+        [sigma_min, sigma_max] (index T - 1 = sigma_max, as the reference EDM code indexes it)."""
+        from components.diffusion.noise_schedule import karras_sigmas
+
+        return karras_sigmas(T, self.sigma_min, self.sigma_max, append_zero=False).flip(0)
+
+    def initial_noise_scale(self, sigma0: float) -> float:
+        """x at the first step is z * this (z ~ N(0, I)): sigma0 on the EDM scale. A text-to-image student
+        starts from pure noise as the stock pipeline does (TextDenoiser)."""
+        return float(sigma0)
+
+    def null_condition(self, n: int, device=None) -> torch.Tensor:
+        """n copies of the unconditional input (the null class)."""
+        return torch.full((n,), self.null_class, dtype=torch.long, device=device)
+
     def bottleneck(self, x: torch.Tensor, sigma, class_labels: torch.Tensor) -> torch.Tensor:
         """The UNet's bottleneck features of the noised input x (its mid-block output)."""
         from components.nets.unet import unet_bottleneck
@@ -265,13 +281,25 @@ class VPDenoiser(Denoiser):
     def unet_inputs(self, x, sigma):
         return x / (1.0 + sigma**2).sqrt().view(-1, 1, 1, 1), self.sigma_to_t(sigma)
 
+    def net(self, x_vp: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The UNet's raw prediction (epsilon, v or sample) at DDPM timestep t; cond: class labels."""
+        return self.unet(x_vp, t, class_labels=cond).sample
+
+    def training_sigmas(self, T: int) -> torch.Tensor:
+        """DMD2's noise-level grid, ascending: this model's own DDPM schedule (index = timestep, as the official
+        SD code indexes it), so student timesteps 999/749/499/249 are the scheduler's timesteps."""
+        if T != len(self.log_sigmas):
+            raise ConfigError(f"config field 'distill.num_train_timesteps': {T}, but the teacher's scheduler has "
+                              f"{len(self.log_sigmas)} training timesteps; set it to {len(self.log_sigmas)}")
+        return self.log_sigmas.exp()
+
     def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor) -> torch.Tensor:
         sigma = self._sigma(sigma, x)
         b = (-1, 1, 1, 1)
         alpha = (1.0 / (1.0 + sigma**2).sqrt()).view(b)       # sqrt(abar)
         s_vp = sigma.view(b) * alpha                            # sqrt(1 - abar)
         x_vp = alpha * x
-        out = self.unet(x_vp, self.sigma_to_t(sigma), class_labels=class_labels).sample.to(x.dtype)
+        out = self.net(x_vp, self.sigma_to_t(sigma), class_labels).to(x.dtype)
         if self.prediction_type == "epsilon":
             return x - sigma.view(b) * out
         if self.prediction_type == "v_prediction":

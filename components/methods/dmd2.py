@@ -15,7 +15,7 @@ bottleneck. One iteration (../shared/PAPERS.md, DMD2):
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +24,10 @@ from torch import nn
 
 from components.config import ConfigError, DistillConfig
 from components.data import ImageDataset
-from components.diffusion import karras_sigmas
 from components.diffusion.denoiser import Denoiser, state_hash
 from components.diffusion.losses import edm_loss
 from components.methods.interface import Method
+from components.nets.lora import LoraSettings, add_lora
 from components.training import ema_model
 
 
@@ -71,6 +71,9 @@ class DMD2Config(DistributionMatchingConfig):
                                            # default here - the leaderboard row "DMD2 1-step, D on low noise only")
     regression_weight: float = Field(0.0, ge=0)  # DMD v1 lambda_reg: MSE(G(z), teacher ODE(z)) on pairs
     warm_start_iterations: int = Field(0, ge=0)  # first iterations: ODE regression on pairs only (1-step)
+    lora: Optional[LoraSettings] = None    # a LoRA student: only rank-r adapters on the generator's attention
+                                           # projections train (needs a UNet with attention: text-to-image);
+                                           # None: the full generator trains
 
     @field_validator("denoising_timesteps")
     @classmethod
@@ -148,26 +151,31 @@ class DMD2(Method):
         self.fake = copy.deepcopy(teacher).to(dev).train().requires_grad_(True)   # mu_fake
         # generator: a copy of the teacher, or of `init` (e.g. MSD's smaller student from its previous stage)
         self.G = copy.deepcopy(init if init is not None else teacher).to(dev).train().requires_grad_(True)
+        if cfg.lora is not None:                                       # a LoRA student: adapters only
+            add_lora(self.G.unet, cfg.lora, seed=cfg.seed + 3)
+        self.G_params = [p for p in self.G.parameters() if p.requires_grad]
         self.G_ema = ema_model(self.G, cfg.ema_decay) if cfg.ema_decay > 0 else None   # AveragedModel
         self.gan = cfg.w_gen > 0 or cfg.w_D > 0
         with torch.no_grad():
             C, H, W = data.shape
             probe = self.fake.bottleneck(torch.zeros(1, C, H, W, device=dev), teacher.sigma_max,
-                                         torch.zeros(1, dtype=torch.long, device=dev))
+                                         teacher.null_condition(1, dev))
         with torch.random.fork_rng(devices=[]):                        # D's init: a function of the seed only
             torch.manual_seed(cfg.seed + 2)
             self.D = DiscriminatorHead(probe.shape[1]).to(dev) if self.gan else None
         opt = dict(betas=cfg.betas, weight_decay=cfg.weight_decay)
         fake_params = list(self.fake.parameters()) + (list(self.D.parameters()) if self.D is not None else [])
-        self.opt_G = torch.optim.AdamW(self.G.parameters(), lr=cfg.lr_gen, **opt)
+        self.opt_G = torch.optim.AdamW(self.G_params, lr=cfg.lr_gen, **opt)
         self.opt_fake = torch.optim.AdamW(fake_params, lr=cfg.lr_fake, **opt)
         warm = cfg.lr_warmup
         ramp = (lambda s: min(1.0, (s + 1) / warm)) if warm else (lambda s: 1.0)  # noqa: E731
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, ramp)
         self.sched_fake = torch.optim.lr_scheduler.LambdaLR(self.opt_fake, ramp)
-        # Karras grid ascending in sigma, as the reference EDM code indexes it: index T-1 = sigma_max
-        self.sigma_grid = karras_sigmas(T, teacher.sigma_min, teacher.sigma_max, append_zero=False).flip(0).to(dev)
+        # ascending in sigma, index T-1 = sigma_max: a Karras grid for an EDM teacher (as the reference EDM code
+        # indexes it), a DDPM teacher's own schedule (the SD code's timesteps)
+        self.sigma_grid = teacher.training_sigmas(T).to(dev)
         self.student_sigmas = [float(self.sigma_grid[t]) for t in cfg.denoising_timesteps]   # sigma_0 > ... > 0
+        self.noise_scale = teacher.initial_noise_scale(self.student_sigmas[0])   # x_T = z * this
         self.rng = torch.Generator().manual_seed(cfg.seed + 1)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -193,7 +201,7 @@ class DMD2(Method):
         re-noise its output to sigma_k; without it: real images forward-noised to sigma_k."""
         s = self.student_sigmas
         k = int(torch.randint(0, len(s), (1,), generator=self.rng)) if len(s) > 1 else 0
-        x = batch["noise"].to(self.device) * s[0]
+        x = batch["noise"].to(self.device) * self.noise_scale
         if k == 0:
             return x, s[0]
         if not self.cfg.backward_simulation:
@@ -206,7 +214,7 @@ class DMD2(Method):
 
     def _pairs_batch(self, n: int):
         idx = self.world.shard(torch.randint(0, len(self.pairs), (self.world.global_size(n),), generator=self.rng))
-        p, s0 = self.pairs, self.student_sigmas[0]
+        p, s0 = self.pairs, self.noise_scale
         return (p.noise[idx].to(self.device) * s0, p.labels[idx].to(self.device), p.images[idx].to(self.device))
 
     def _ema(self) -> None:
@@ -217,7 +225,7 @@ class DMD2(Method):
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg = self.cfg
         logs: dict[str, float] = {}
-        G_params = list(self.G.parameters())
+        G_params = self.G_params
         if self.step < cfg.warm_start_iterations:                      # ODE-regression warm start
             x_T, y_p, x_ref = self._pairs_batch(len(batch["noise"]))
             loss = regression_loss(self._G(x_T, self.student_sigmas[0], y_p), x_ref).mean()
