@@ -1055,7 +1055,15 @@ def render(folder: Path, page_path: Path) -> None:
             raise SpecError(f"'{f}': not a leaderboard result (needs dataset, rows, teacher, provenance, pictures)")
     for r in results:                          # the pictures are drawn from the JSON too: they always agree
         pictures(r, folder)
-    write_text(page_path, page(results, folder, page_path))
+    text = page(results, folder, page_path)
+    t2i = folder / "t2i" / "t2i.json"            # benchmarks/t2i.py's text-to-image table, when it has run
+    if t2i.is_file():
+        import os
+
+        from benchmarks.t2i import section
+
+        text += "\n" + "\n".join(section(json.loads(t2i.read_text()), os.path.relpath(t2i.parent, page_path.parent)))
+    write_text(page_path, text)
     print(f"wrote {page_path}", file=sys.stderr)
 
 

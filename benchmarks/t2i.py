@@ -1,0 +1,290 @@
+"""Text-to-image benchmark on the built-in setting (captioned Fashion-MNIST 32x32): the whole route from
+nothing - caption data, tokenizer + text encoder, VAE, latent cache, UNet teacher, feature net - then DMD2
+students (1-step full, 4-step full, 1-step LoRA) over several training seeds, each trained in its own
+process (its peak RSS is its own), all scored on the same held-out prompts, sampling seed and feature net.
+Prints JSON; --write-docs writes docs/results/t2i/ (JSON + sample picture) and re-renders docs/results.md.
+
+    python benchmarks/t2i.py [--seeds 0 1 2] [--write-docs]
+    python benchmarks/t2i.py --quick            # minutes: tiny budgets, one seed (a smoke run, not a result)
+    python benchmarks/t2i.py --from-json        # re-render docs/results.md from docs/results/t2i/t2i.json
+
+Targets (issue: text-to-image): the route from nothing <= 60 min; teacher prompt-class agreement with CFG
+>= 0.8x the real images'; 1-step student FID <= 1.3x the CFG teacher's and agreement >= 0.9x the teacher's;
+LoRA student FID <= 1.3x the full student's."""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.provenance import provenance, utc_now  # noqa: E402
+
+OUT = ROOT / "docs" / "results" / "t2i"
+VARIANTS = {                                    # row name -> distill overrides
+    "DMD2 1-step": {"denoising_timesteps": [999]},
+    "DMD2 4-step": {"denoising_timesteps": [999, 749, 499, 249]},
+    "DMD2 1-step, LoRA r8": {"denoising_timesteps": [999], "lora": {"rank": 8, "alpha": 8.0}, "lr_gen": 2e-3},
+}
+QUICK = {"data": {"train_per_class": 200, "eval_per_class": 30}, "vae": {"train_steps": 60},
+         "teacher": {"train_steps": 80, "sampler_steps": 8}, "distill": {"iterations": 6, "log_every": 3},
+         "evaluation": {"num_samples": 200, "feature_steps": 60}}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of every student row")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--quick", action="store_true", help="tiny budgets (a smoke run; never written to the docs)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", default=None, help="folder for the run's parts (default: a temp folder)")
+    p.add_argument("--write-docs", action="store_true")
+    p.add_argument("--from-json", action="store_true")
+    a = p.parse_args(argv)
+    if a.quick and a.write_docs:
+        p.error("--quick runs are smoke runs: not written to the docs")
+    return a
+
+
+def _config(quick: bool):
+    from components.t2i.run import load_t2i_params
+
+    return load_t2i_params(ROOT / "params_t2i.yaml", **(QUICK if quick else {}))
+
+
+def _distill_child(work: str, distill: dict, sampler_steps: int, threads: int, out: str, q) -> None:
+    """One student in a fresh process: its wall-clock, peak RSS and trainable parameters are its own."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from components.config import parse_section
+    from components.methods.dmd2 import DMD2Config
+    from components.nets.lora import count_parameters
+    from components.t2i.parts import LatentCache, SDParts, save_student
+    from components.t2i.run import peak_rss_mb, stage_distill
+
+    teacher, cache = SDParts.load(Path(work) / "teacher"), LatentCache.load(Path(work) / "latents")
+    cfg = parse_section(DMD2Config, distill, "distill")
+    method, history, seconds = stage_distill(cfg, teacher, cache, sampler_steps, progress=False)
+    save_student(method.student(), out)
+    q.put({"history": history, "distill_seconds": seconds, "peak_rss_mb": peak_rss_mb(),
+           "trainable_parameters": count_parameters(method.G, trainable_only=True),
+           "parameters": count_parameters(method.G)})
+
+
+def run(a) -> dict:
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from components.t2i.evaluate import feature_net_for
+    from components.t2i.export import export_student
+    from components.t2i.run import (evaluate_models, stage_captions, stage_latents, stage_teacher, stage_text,
+                                    stage_vae)
+
+    cfg = _config(a.quick)
+    prov = provenance(sys.argv[1:])
+    work = Path(a.work or tempfile.mkdtemp(prefix="fewstep-t2i-"))
+    seconds: dict[str, float] = {}
+
+    def timed(name, fn, *args, **kw):
+        t0 = time.perf_counter()
+        out = fn(*args, **kw)
+        seconds[name] = time.perf_counter() - t0
+        print(f"{name}: {seconds[name]:.1f} s", file=sys.stderr)
+        return out
+
+    data = timed("captions", stage_captions, cfg.data)
+    text = timed("text_encoder", stage_text, cfg.text, data)
+    vae_parts, vae_report = timed("vae", stage_vae, cfg.vae, data)
+    parts = text.with_parts(vae=vae_parts.vae)
+    cache = timed("latents", stage_latents, data, parts)
+    teacher, teacher_report = timed("teacher", stage_teacher, cfg.teacher, cache, parts)
+    net, net_report = timed("feature_net", feature_net_for, data, cfg.evaluation.feature_steps)
+    teacher.save(work / "teacher")
+    cache.save(work / "latents")
+    metrics = timed("evaluate_teacher", evaluate_models, teacher, {}, cache, data, net, cfg.teacher, cfg.evaluation)
+    rows, ctx = [], mp.get_context("spawn")
+    for name in a.variants:
+        per_seed = []
+        for seed in a.seeds:
+            distill = {**cfg.distill.model_dump(mode="json"), **VARIANTS[name], "seed": seed}
+            folder = work / "students" / f"{name.replace(' ', '_').replace(',', '')}-seed{seed}"
+            q = ctx.Queue()
+            proc = ctx.Process(target=_distill_child, args=(str(work), distill, cfg.teacher.sampler_steps,
+                                                              a.threads, str(folder), q))
+            t0 = time.perf_counter()
+            proc.start()
+            child = q.get()
+            proc.join()
+            if proc.exitcode:
+                raise SystemExit(f"t2i benchmark: the distill process of {name!r} seed {seed} failed "
+                                 f"(exit {proc.exitcode})")
+            wall = time.perf_counter() - t0
+            m = evaluate_models(teacher, {"student": folder}, cache, data, net, cfg.teacher, cfg.evaluation,
+                                teacher_metrics=metrics)["student"]
+            per_seed.append({**m, "seed": seed, "distill_seconds": child["distill_seconds"], "process_seconds": wall,
+                             "peak_rss_mb": child["peak_rss_mb"], "trainable_parameters": child["trainable_parameters"],
+                             "parameters": child["parameters"], "folder": str(folder),
+                             "final_losses": {k: v for k, v in child["history"][-1].items() if k.startswith("loss")}})
+            print(f"{name} seed {seed}: FID {m['fid']:.2f}, class {m.get('class_agreement', float('nan')):.3f}, "
+                  f"{child['distill_seconds']:.0f} s", file=sys.stderr)
+        rows.append(summarise(name, VARIANTS[name], per_seed))
+    first = rows[0]["seeds"][0]["folder"]
+    export_dir = work / "export"
+    timed("export", export_student, first, teacher, export_dir)
+    one_seed = sum(seconds[k] for k in ("captions", "text_encoder", "vae", "latents", "teacher", "feature_net",
+                                        "evaluate_teacher", "export")) + rows[0]["seeds"][0]["process_seconds"]
+    result = {"provenance": {**prov, "finished_utc": utc_now()}, "quick": a.quick, "config": cfg.as_dict(),
+              "stage_seconds": seconds, "route_from_nothing_seconds": one_seed, "vae": vae_report,
+              "teacher_report": teacher_report, "feature_net": net_report, "real": metrics["real"],
+              "vae_floor": metrics["vae_floor"], "teacher": metrics["teacher"], "num_samples": metrics["num_samples"],
+              "rows": rows}
+    result["targets"] = targets(result)
+    if a.write_docs:
+        write_docs(result, teacher, cache, data, cfg)
+    return result
+
+
+def summarise(name: str, overrides: dict, per_seed: list[dict]) -> dict:
+    def mean_std(key):
+        vals = [r[key] for r in per_seed if key in r]
+        if not vals:
+            return None, None
+        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+    out = {"name": name, "overrides": overrides, "seeds": per_seed, "train_seeds": [r["seed"] for r in per_seed]}
+    for key in ("fid", "class_agreement", "attribute_agreement", "distill_seconds", "peak_rss_mb", "sampling_seconds"):
+        out[key], out[f"{key}_std"] = mean_std(key)
+    out["nfe"], out["trainable_parameters"] = per_seed[0]["nfe"], per_seed[0]["trainable_parameters"]
+    out["parameters"] = per_seed[0]["parameters"]
+    return out
+
+
+def targets(r: dict) -> list[dict]:
+    """Each target of the issue: the measured value, the bound, met or not."""
+    rows = {x["name"]: x for x in r["rows"]}
+    t, real = r["teacher"], r["real"]
+    out = [{"target": "route from nothing <= 60 min", "value": r["route_from_nothing_seconds"] / 60,
+            "bound": 60.0, "met": r["route_from_nothing_seconds"] <= 3600}]
+    if "class_accuracy" in real and "class_agreement" in t:
+        v = t["class_agreement"] / real["class_accuracy"]
+        out.append({"target": "teacher prompt-class agreement >= 0.8x real", "value": v, "bound": 0.8, "met": v >= 0.8})
+    one = rows.get("DMD2 1-step")
+    if one:
+        v = one["fid"] / t["fid"]
+        out.append({"target": "1-step FID <= 1.3x teacher", "value": v, "bound": 1.3, "met": v <= 1.3})
+        if one.get("class_agreement") is not None and t.get("class_agreement"):
+            v = one["class_agreement"] / t["class_agreement"]
+            out.append({"target": "1-step agreement >= 0.9x teacher", "value": v, "bound": 0.9, "met": v >= 0.9})
+    lora = rows.get("DMD2 1-step, LoRA r8")
+    if lora and one:
+        v = lora["fid"] / one["fid"]
+        out.append({"target": "LoRA FID <= 1.3x full", "value": v, "bound": 1.3, "met": v <= 1.3})
+    return out
+
+
+# -- docs ------------------------------------------------------------------------------------------------
+def write_docs(result: dict, teacher, cache, data, cfg) -> None:
+    from components.atomic import write_json
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    samples_picture(result, teacher, cache, data, cfg).save(OUT / "t2i-samples.png")
+    result["pictures"] = {"samples": "t2i-samples.png"}
+    write_json(OUT / "t2i.json", result)
+    render_page()
+
+
+def samples_picture(result, teacher, cache, data, cfg):
+    """Rows: real, teacher (CFG), each student (seed 0); columns: the same held-out prompts and noise."""
+    import torch
+
+    from components.t2i.latent import generate_latents, teacher_denoiser
+    from components.t2i.parts import load_student
+    from components.t2i.train import decode_latents
+    from components.viz import sample_grid
+
+    ev = torch.nonzero(data.is_eval).flatten()[:10]
+    ids = data.prompt_ids()[ev]
+    t_den = teacher_denoiser(teacher.pipeline(), cache.table(), cfg.teacher.sampler_steps)
+    rows = [data.images[ev]]
+    lat, _ = generate_latents(t_den, ids, 0, guidance_scale=cfg.teacher.guidance_scale)
+    rows.append(decode_latents(teacher.vae, lat))
+    for r in result["rows"]:
+        st = load_student(r["seeds"][0]["folder"], cache.table(), t_den)
+        rows.append(decode_latents(teacher.vae, generate_latents(st, ids, 0)[0]))
+    labels = torch.arange(len(rows)).repeat_interleave(len(ids))
+    return sample_grid(torch.cat(rows), labels, len(rows), per_class=len(ids), cell=64)
+
+
+def section(result: dict, rel: str) -> list[str]:
+    """The text-to-image part of docs/results.md."""
+    prov = result["provenance"]
+    t, real, vf = result["teacher"], result["real"], result["vae_floor"]
+    n = result["num_samples"]
+    lines = ["## Text-to-image: built-in captioned Fashion-MNIST 32x32 (latent DMD2)", "",
+             f"Measured {prov['started_utc']} to {prov['finished_utc']} on {prov['machine']}, at commit "
+             f"`{prov['commit']}`. Command: `{shlex.join(['python', 'benchmarks/t2i.py', *prov['argv']])}`. "
+             f"Every FID on {n} images for the first {n} held-out captions, sampling seed "
+             f"{result['config']['evaluation']['seed']}, in the feature space of the dataset classifier; "
+             "class agreement = the classifier's class equals the prompt's; attribute agreement = the measured "
+             "brightness (dark/light) equals the prompt's. CLIP score needs pretrained CLIP weights, which are not "
+             "on this machine: not computed.", "",
+             "| model | NFE | FID | class agreement | attribute agreement | trainable params | distill s | "
+             "peak RSS MB |", "|---|---|---|---|---|---|---|---|",
+             f"| real train images (floor) | - | {real['fid']:.2f} | {real.get('class_accuracy', float('nan')):.3f} | "
+             "1.000 (by construction) | - | - | - |",
+             f"| VAE reconstruction (floor of the latent route) | - | {vf['fid']:.2f} | - | - | - | - | - |",
+             f"| teacher, CFG {t['guidance_scale']:g}, DDIM {t['nfe'] // 2} steps | {t['nfe']} | {t['fid']:.2f} | "
+             f"{t.get('class_agreement', float('nan')):.3f} | {t.get('attribute_agreement', float('nan')):.3f} | "
+             f"{result['teacher_report'].get('parameters', '-')} | - | - |"]
+
+    def pm(r, k, f):
+        return "-" if r.get(k) is None else f"{r[k]:{f}} +- {r[k + '_std']:{f}}"
+
+    for r in result["rows"]:
+        lines.append(f"| {r['name']} (seeds {', '.join(map(str, r['train_seeds']))}) | {r['nfe']} | {pm(r, 'fid', '.2f')} | "
+                     f"{pm(r, 'class_agreement', '.3f')} | {pm(r, 'attribute_agreement', '.3f')} | "
+                     f"{r['trainable_parameters']:,} of {r['parameters']:,} | {r['distill_seconds']:.0f} | "
+                     f"{r['peak_rss_mb']:.0f} |")
+    s = result["stage_seconds"]
+    lines += ["", "Stage wall-clock (s): " + ", ".join(f"{k} {v:.0f}" for k, v in s.items()) +
+              f"; the route from nothing with one 1-step student: {result['route_from_nothing_seconds'] / 60:.1f} min.",
+              "", "| target | measured | bound | met |", "|---|---|---|---|"]
+    lines += [f"| {x['target']} | {x['value']:.3f} | {x['bound']:g} | {'yes' if x['met'] else 'no'} |"
+              for x in result["targets"]]
+    if result.get("pictures"):
+        lines += ["", "Rows: real held-out images, the teacher (CFG), then each student (training seed 0); columns: "
+                  "the same ten held-out captions and noise.", "",
+                  f"![text-to-image samples]({rel}/{result['pictures']['samples']})"]
+    return lines + [""]
+
+
+def render_page() -> None:
+    """docs/results.md: the leaderboard's page (benchmarks/leaderboard.py renders it, this section included)."""
+    from benchmarks.leaderboard import PAGE, render
+
+    render(ROOT / "docs" / "results", ROOT / PAGE)
+
+
+def main(argv=None) -> dict | None:
+    a = parse_args(argv)
+    if a.from_json:
+        render_page()
+        return None
+    result = run(a)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("config",)}, indent=1, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    main()
