@@ -198,32 +198,13 @@ def write_docs(result: dict, teacher, cache, data, cfg) -> None:
     from components.atomic import write_json
 
     OUT.mkdir(parents=True, exist_ok=True)
-    samples_picture(result, teacher, cache, data, cfg).save(OUT / "t2i-samples.png")
+    from components.t2i.run import samples_picture
+
+    students = {r["name"]: r["seeds"][0]["folder"] for r in result["rows"]}
+    samples_picture(teacher, students, cache, data, cfg.teacher).save(OUT / "t2i-samples.png")
     result["pictures"] = {"samples": "t2i-samples.png"}
     write_json(OUT / "t2i.json", result)
     render_page()
-
-
-def samples_picture(result, teacher, cache, data, cfg):
-    """Rows: real, teacher (CFG), each student (seed 0); columns: the same held-out prompts and noise."""
-    import torch
-
-    from components.t2i.latent import generate_latents, teacher_denoiser
-    from components.t2i.parts import load_student
-    from components.t2i.train import decode_latents
-    from components.viz import sample_grid
-
-    ev = torch.nonzero(data.is_eval).flatten()[:10]
-    ids = data.prompt_ids()[ev]
-    t_den = teacher_denoiser(teacher.pipeline(), cache.table(), cfg.teacher.sampler_steps)
-    rows = [data.images[ev]]
-    lat, _ = generate_latents(t_den, ids, 0, guidance_scale=cfg.teacher.guidance_scale)
-    rows.append(decode_latents(teacher.vae, lat))
-    for r in result["rows"]:
-        st = load_student(r["seeds"][0]["folder"], cache.table(), t_den)
-        rows.append(decode_latents(teacher.vae, generate_latents(st, ids, 0)[0]))
-    labels = torch.arange(len(rows)).repeat_interleave(len(ids))
-    return sample_grid(torch.cat(rows), labels, len(rows), per_class=len(ids), cell=64)
 
 
 def section(result: dict, rel: str) -> list[str]:

@@ -18,6 +18,8 @@ from components.diffusion.pairs import TeacherPairs, load_pairs, write_pairs
 from components.diffusion.routed import RoutedDenoiser
 from components.metrics.features import FeatureNet
 from components.metrics.fid import FeatureSet, ReferenceFeatures
+from components.t2i.captions import CaptionDataset
+from components.t2i.parts import LatentCache, SDParts
 
 
 class _FolderMaterializer(BaseMaterializer):
@@ -191,5 +193,56 @@ class DataValidationMaterializer(BaseMaterializer):
         return {"success": data.success, "expectations": len(data.outcomes), "failed": len(data.failures())}
 
 
-__all__ = ["DataValidationMaterializer", "DenoiserMaterializer", "FeatureNetMaterializer", "FeatureSetMaterializer",
+class CaptionDatasetMaterializer(_FolderMaterializer):
+    """Images (safetensors) + captions.json."""
+
+    ASSOCIATED_TYPES = (CaptionDataset,)
+    ASSOCIATED_ARTIFACT_TYPE = ArtifactType.DATA
+
+    def _write(self, data: CaptionDataset, directory: str) -> None:
+        data.save(directory)
+
+    def _read(self, directory: str) -> CaptionDataset:
+        return CaptionDataset.load(directory)
+
+    def extract_metadata(self, data: CaptionDataset) -> Dict[str, Any]:
+        return {"fingerprint": data.fingerprint(), "num_images": len(data), "num_eval": int(data.is_eval.sum()),
+                "prompts": len(data.prompts()), "shape": str(data.shape), "source": data.source}
+
+
+class SDPartsMaterializer(_FolderMaterializer):
+    """Stable Diffusion parts in the diffusers layout (a complete set: a stock pipeline folder)."""
+
+    ASSOCIATED_TYPES = (SDParts,)
+    ASSOCIATED_ARTIFACT_TYPE = ArtifactType.MODEL
+
+    def _write(self, data: SDParts, directory: str) -> None:
+        data.save(directory)
+
+    def _read(self, directory: str) -> SDParts:
+        return SDParts.load(directory)
+
+    def extract_metadata(self, data: SDParts) -> Dict[str, Any]:
+        return {"parts": ",".join(k for k in ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
+                                  if getattr(data, k) is not None)}
+
+
+class LatentCacheMaterializer(_FolderMaterializer):
+    """Latents + prompt embeddings (safetensors) + prompts (JSON)."""
+
+    ASSOCIATED_TYPES = (LatentCache,)
+    ASSOCIATED_ARTIFACT_TYPE = ArtifactType.DATA
+
+    def _write(self, data: LatentCache, directory: str) -> None:
+        data.save(directory)
+
+    def _read(self, directory: str) -> LatentCache:
+        return LatentCache.load(directory)
+
+    def extract_metadata(self, data: LatentCache) -> Dict[str, Any]:
+        return {**{k: str(v) for k, v in data.meta.items()}, "latent_shape": str(tuple(data.latents.shape[1:])),
+                "prompts": len(data.prompts)}
+
+
+__all__ = ["CaptionDatasetMaterializer", "DataValidationMaterializer", "LatentCacheMaterializer", "SDPartsMaterializer", "DenoiserMaterializer", "FeatureNetMaterializer", "FeatureSetMaterializer",
            "ImageDatasetMaterializer", "ManifestMaterializer", "ReferenceFeaturesMaterializer"]

@@ -23,3 +23,13 @@ GUIDANCE_SWEEP = "guidance_sweep"          # FID and class accuracy vs w (guided
 MODEL_NAME = "dmd2_student"        # the ZenML Model Control Plane entry each run adds a version to (dmd2_pipeline)
 GUIDED_MODEL_NAME = "guided_student"   # the same for guided_pipeline (another kind of model: w is an input)
 MSD_MODEL_NAME = "msd_student"     # the same for msd_pipeline (a routed bundle of K students)
+# text-to-image (t2i_pipeline)
+T2I_DATASET = "t2i_dataset"
+T2I_TEXT = "t2i_text_encoder"
+T2I_VAE = "t2i_vae"
+T2I_BASE = "t2i_user_teacher"
+T2I_LATENTS = "t2i_latent_cache"
+T2I_TEACHER = "t2i_teacher"
+T2I_FEATURE_NET = "t2i_feature_net"
+T2I_STUDENT = "t2i_student"
+T2I_MODEL_NAME = "t2i_student"     # the Model Control Plane entry of t2i_pipeline (latent text-to-image students)

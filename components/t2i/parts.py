@@ -65,12 +65,12 @@ class SDParts:
 
     @classmethod
     def load(cls, directory: str | Path) -> "SDParts":
-        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         directory = Path(directory)
         loaders = {"tokenizer": CLIPTokenizer, "text_encoder": CLIPTextModel, "vae": AutoencoderKL,
-                   "unet": UNet2DConditionModel, "scheduler": DDIMScheduler}
+                   "unet": UNet2DConditionModel, "scheduler": _scheduler_class(directory / "scheduler")}
         parts = {k: loaders[k].from_pretrained(directory / k, local_files_only=True)
                  for k in SD_PARTS if (directory / k).is_dir()}
         for k in ("text_encoder", "vae", "unet"):
@@ -78,6 +78,15 @@ class SDParts:
                 parts[k] = parts[k].eval().requires_grad_(False)
         meta = json.loads((directory / "parts.json").read_text()) if (directory / "parts.json").is_file() else {}
         return cls(**parts, meta=meta)
+
+
+def _scheduler_class(folder: Path):
+    """The scheduler class its config names (DDIM for a teacher, LCM for an exported student)."""
+    import diffusers
+
+    cfg = folder / "scheduler_config.json"
+    name = json.loads(cfg.read_text()).get("_class_name", "DDIMScheduler") if cfg.is_file() else "DDIMScheduler"
+    return getattr(diffusers, name, diffusers.DDIMScheduler)
 
 
 @dataclass

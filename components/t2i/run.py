@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -76,6 +75,10 @@ def resolve_t2i(values: dict | None) -> T2IRunConfig:
     cfg = T2IRunConfig(**out)
     if cfg.data.source == "folder" and not cfg.data.path:
         raise ConfigError("config field 'data.path': data.source 'folder' needs the image folder with metadata.jsonl")
+    if cfg.teacher.path is not None:                   # the folder's layout and configs, before any step runs
+        from components.t2i.sd import check_sd_configs
+
+        check_sd_configs(cfg.teacher.path)
     if cfg.data.resolution % 8:
         raise ConfigError(f"config field 'data.resolution': {cfg.data.resolution} must be a multiple of 8 "
                           "(StableDiffusionPipeline's height and width)")
@@ -214,6 +217,29 @@ def evaluate_models(teacher: SDParts, students: dict[str, Any], cache: LatentCac
     return out
 
 
+def samples_picture(teacher: SDParts, students: dict[str, Any], cache: LatentCache, data: CaptionDataset,
+                    cfg: LatentTeacherConfig, n: int = 10, seed: int = 0):
+    """Rows: real held-out images, the teacher (CFG), each student; columns: the first n held-out captions, the
+    same noise in every row (a PIL image for the dashboard and the docs)."""
+    import torch
+
+    from components.t2i.latent import generate_latents, teacher_denoiser
+    from components.t2i.parts import load_student
+    from components.t2i.train import decode_latents
+    from components.viz import sample_grid
+
+    ev = torch.nonzero(data.is_eval).flatten()[:n]
+    ids = data.prompt_ids()[ev]
+    t_den = teacher_denoiser(teacher.pipeline(), cache.table(), cfg.sampler_steps)
+    rows = [data.images[ev], decode_latents(teacher.vae, generate_latents(t_den, ids, seed,
+                                                                          guidance_scale=cfg.guidance_scale)[0])]
+    for s in students.values():
+        den = s if not isinstance(s, (str, Path)) else load_student(s, cache.table(), t_den)
+        rows.append(decode_latents(teacher.vae, generate_latents(den, ids, seed)[0]))
+    labels = torch.arange(len(rows)).repeat_interleave(len(ids))
+    return sample_grid(torch.cat(rows), labels, len(rows), per_class=len(ids), cell=64)
+
+
 def gate_metrics(metrics: dict, student: str = "student") -> dict:
     """The gate's inputs (components/gate.py) from evaluate_models' output: prompt-class agreement is the
     class accuracy, the real images' own accuracy its scale."""
@@ -241,10 +267,6 @@ def decide_gate(cfg: GateConfig, metrics: dict, student: str = "student"):
     return decision
 
 
-def read_yaml(path: str | Path) -> dict:
-    return yaml.safe_load(Path(path).read_text()) or {}
-
-
 __all__ = ["PARAMS_FILE", "T2IRunConfig", "evaluate_models", "gate_metrics", "load_t2i_params", "peak_rss_mb",
-           "decide_gate", "resolve_t2i", "stage_captions", "stage_distill", "stage_latents", "stage_teacher", "stage_text",
+           "decide_gate", "resolve_t2i", "samples_picture", "stage_captions", "stage_distill", "stage_latents", "stage_teacher", "stage_text",
            "stage_user_teacher", "stage_vae"]

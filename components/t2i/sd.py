@@ -173,12 +173,40 @@ def check_sd_folder(path: str | Path, what: str = "teacher.path") -> Path:
     return path
 
 
+def check_sd_configs(path: str | Path, what: str = "teacher.path") -> Path:
+    """check_sd_folder, then what the parts' JSON configs say, before anything loads: the tokenizer's
+    model_max_length against the text encoder's positions, the UNet's cross-attention width against the text
+    encoder's, the scheduler's prediction type."""
+    path = check_sd_folder(path, what)
+
+    def read(rel):
+        f = path / rel
+        try:
+            return json.loads(f.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{what} '{f}': cannot read ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+    text, unet, sched = read("text_encoder/config.json"), read("unet/config.json"), read("scheduler/scheduler_config.json")
+    tok = read("tokenizer/tokenizer_config.json") if (path / "tokenizer/tokenizer_config.json").is_file() else {}
+    positions, length = text.get("max_position_embeddings"), tok.get("model_max_length")
+    if positions is not None and length is not None and length > positions:
+        raise ConfigError(f"{what} '{path / 'tokenizer'}': model_max_length {length} exceeds the text encoder's "
+                          f"max_position_embeddings {positions}")
+    if unet.get("cross_attention_dim") not in (None, text.get("hidden_size")):
+        raise ConfigError(f"{what} '{path / 'unet'}': cross_attention_dim {unet.get('cross_attention_dim')} != the "
+                          f"text encoder's hidden_size {text.get('hidden_size')}")
+    if sched.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction"):
+        raise ConfigError(f"{what} '{path / 'scheduler'}': prediction_type {sched['prediction_type']!r}; expected "
+                          "epsilon or v_prediction")
+    return path
+
+
 def load_sd_folder(path: str | Path, what: str = "teacher.path"):
     """A local SD-layout folder -> StableDiffusionPipeline, component by component, offline, float32."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    path = check_sd_folder(path, what)
+    path = check_sd_configs(path, what)
     try:
         tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
         text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True)
@@ -219,4 +247,4 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], batch_size: int 
 
 
 __all__ = ["SD_PARTS", "SD_SCHEDULE", "assemble", "build_text_encoder", "build_tokenizer", "build_unet",
-           "build_vae", "caption_words", "check_sd_folder", "encode_prompts", "load_sd_folder"]
+           "build_vae", "caption_words", "check_sd_configs", "check_sd_folder", "encode_prompts", "load_sd_folder"]

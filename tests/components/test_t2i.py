@@ -258,3 +258,44 @@ def test_vae_scaling_factor_gives_unit_std_latents():
     assert vae.config.scaling_factor == pytest.approx(1 / report["latent_std"])
     assert float(encode_latents(vae, x).std()) == pytest.approx(1.0, abs=1e-4)
     assert report["latent_shape"] == [4, 8, 8]
+
+
+# -- the run config ----------------------------------------------------------------------------------------
+def test_run_config_bad_input_is_one_line_naming_the_field(t2i, tmp_path):
+    import shutil
+
+    from components.t2i.run import load_t2i_params, resolve_t2i
+
+    cfg = resolve_t2i({})
+    assert cfg.distill.guidance_scale == 1.75 and list(cfg.distill.denoising_timesteps) == [999]
+    cases = [({"distill": {"lora": {"rank": -1}}}, "distill.lora.rank"),
+             ({"data": {"resolution": 36}}, "data.resolution"),
+             ({"data": {"source": "folder"}}, "data.path"),
+             ({"distill": {"method": "ctm"}}, "distill.method"),
+             ({"nonsense": {}}, "unknown section"),
+             ({"teacher": {"path": str(tmp_path / "nowhere")}}, "no such folder")]
+    for values, needle in cases:
+        with pytest.raises(ConfigError, match=needle.replace(".", r"\.")) as err:
+            resolve_t2i(values)
+        assert "\n" not in str(err.value)
+    shutil.copytree(t2i["root"] / "teacher", tmp_path / "sd")
+    shutil.rmtree(tmp_path / "sd" / "vae")
+    with pytest.raises(ConfigError, match="missing vae/"):             # checked before any step runs
+        load_t2i_params(None, teacher={"path": str(tmp_path / "sd")})
+    (tmp_path / "p.yaml").write_text("distill: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_t2i_params(tmp_path / "p.yaml")
+
+
+def test_v_prediction_teacher_maps_onto_the_edm_interface(t2i):
+    """A v-predicting SD 2.x-style UNet: D(x, sigma) = sqrt(abar) x_vp - sqrt(1 - abar) v_hat."""
+    from components.diffusion.text_denoiser import TextDenoiser
+
+    base = t2i["teacher"]
+    den = TextDenoiser(base.unet, t2i["cache"].table(), base.alphas_cumprod, "v_prediction")
+    s = float(den.training_sigmas(1000)[600])
+    x, ids = torch.randn(2, 4, 8, 8), torch.tensor([2, 0])
+    a, sv = 1 / (1 + s**2) ** 0.5, s / (1 + s**2) ** 0.5
+    with torch.no_grad():
+        v = den.unet(a * x, torch.tensor([600.0, 600.0]), encoder_hidden_states=t2i["cache"].embeddings[ids]).sample
+        assert torch.allclose(den(x, s, ids), a * (a * x) - sv * v, atol=1e-5)

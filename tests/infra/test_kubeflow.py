@@ -24,6 +24,7 @@ KUBEFLOW_CONFIG = ROOT / "configs" / "dmd2_kubeflow.yaml"
 GUIDED_KUBEFLOW_CONFIG = ROOT / "configs" / "guided_kubeflow.yaml"
 MSD_KUBEFLOW_CONFIG = ROOT / "configs" / "msd_kubeflow.yaml"
 LOWDIFF_DMD2_KUBEFLOW_CONFIG = ROOT / "configs" / "lowdiff_dmd2_kubeflow.yaml"
+T2I_KUBEFLOW_CONFIG = ROOT / "configs" / "t2i_kubeflow.yaml"
 DOCKERFILE = ROOT / "infra" / "docker" / "Dockerfile"
 INFRA_KEYS = {"settings", "environment", "steps", "secrets"}      # what may differ between local and kubeflow
 SECRET_NAME = re.compile(r"(^|_)(KEY|TOKEN|SECRET|PASSWORD)(S)?($|_)", re.I)     # WANDB_API_KEY, ..._TOKEN
@@ -241,16 +242,19 @@ def compiles(tmp_path_factory, digits_npz):
                                                                        "path": digits_npz}}
     cascade = tmp / "lowdiff_dmd2_kubeflow.yaml"
     cascade.write_text(yaml.safe_dump(cascade_cfg))
+    t2i_cfg = yaml.safe_load(T2I_KUBEFLOW_CONFIG.read_text())
     runs = {"good": (good, ()), "no_selector": (no_selector, ()), "no_gpus": (good, ("--no-gpus",)),
             "guided": (guided, ("--pipeline", "pipelines.guided_pipeline.guided_pipeline")),
-            "msd": (msd, ("--pipeline", "pipelines.msd_pipeline.msd_pipeline")), "cascade": (cascade, ())}
+            "msd": (msd, ("--pipeline", "pipelines.msd_pipeline.msd_pipeline")), "cascade": (cascade, ()),
+            "t2i": (T2I_KUBEFLOW_CONFIG, ("--pipeline", "pipelines.t2i_pipeline.t2i_pipeline"))}
     outs = {name: tmp / name / "out" / "dmd2_pipeline.yaml" for name in runs}
     cases = {name: ("infra.kubeflow.compile:main", compile_args(config, outs[name], *extra),
                     isolated_env(tmp / name / "zenml")) for name, (config, extra) in runs.items()}
     results = run_forked(tmp / "driver", cases, preload=COMPILE_PRELOAD, env=isolated_env(tmp / "driver" / "zenml"),
                          parallel=True, not_imported=["zenml"])
     for name, r in results.items():
-        r.update(out=outs[name], config={"guided": guided_cfg, "msd": msd_cfg, "cascade": cascade_cfg}.get(name, cfg))
+        r.update(out=outs[name], config={"guided": guided_cfg, "msd": msd_cfg, "cascade": cascade_cfg,
+                                         "t2i": t2i_cfg}.get(name, cfg))
     yield results
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -603,3 +607,19 @@ def test_guided_kubeflow_config_differs_from_local_only_in_infrastructure():
     assert {k: kfp[k] for k in ("settings", "environment")} == {k: reference[k] for k in ("settings", "environment")}
     assert set(kfp["steps"]) == {"distill_step", "halve_to_8", "halve_to_4"}
     assert all(c["settings"] == reference["steps"]["distill_step"]["settings"] for c in kfp["steps"].values())
+
+
+def test_t2i_pipeline_compiles_with_gpus_sized_for_sd15(compiles):
+    """The text-to-image pipeline's DAG: the built-in branch's steps, distill after the teacher and the latent cache,
+    a GPU (and the 80 GB node pool) on the distill step, the configured GPU steps only."""
+    r = compiles["t2i"]
+    assert r["rc"] == 0, r["stderr"][-3000:]
+    tasks = load_kfp(r["out"])
+    assert {"t2i_captions", "t2i_text_encoder", "t2i_vae", "t2i_latents", "t2i_teacher", "t2i_feature_net",
+            "t2i_distill", "t2i_evaluate", "t2i_gate", "t2i_export"} == set(tasks)
+    assert {"t2i_teacher", "t2i_latents"} <= tasks["t2i_distill"]["deps"]
+    gpu = {name for name, t in tasks.items() if (t["container"].get("resources") or {}).get("accelerator")}
+    assert gpu == gpu_steps_in_config(r["config"]) == {"t2i_latents", "t2i_teacher", "t2i_distill", "t2i_evaluate"}
+    assert tasks["t2i_distill"]["platform"]["nodeSelector"]["labels"] == {"accelerator": "nvidia-a100-80gb"}
+    limits = tasks["t2i_distill"]["container"]["resources"]
+    assert limits["accelerator"]["resourceCount"] == "1" and limits["resourceMemoryLimit"] == k8s_memory("96GB")
