@@ -47,7 +47,7 @@ class LatentTeacherConfig(Section):
     lr: float = Field(1e-3, gt=0)          # AdamW, cosine to 0
     ema_decay: float = Field(0.999, ge=0, lt=1)   # the EMA weights are the teacher
     caption_dropout: float = Field(0.1, ge=0, lt=1)  # train on the empty prompt this often -> CFG
-    guidance_scale: float = Field(3.0, ge=0)      # CFG scale of the teacher's own samples (> 1: guided)
+X
     sampler_steps: int = Field(25, ge=1)   # DDIM steps of the teacher's samples (each 2 NFE with CFG)
     seed: int = 0
 
