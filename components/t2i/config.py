@@ -47,7 +47,8 @@ class LatentTeacherConfig(Section):
     lr: float = Field(1e-3, gt=0)          # AdamW, cosine to 0
     ema_decay: float = Field(0.999, ge=0, lt=1)   # the EMA weights are the teacher
     caption_dropout: float = Field(0.1, ge=0, lt=1)  # train on the empty prompt this often -> CFG
-X
+    guidance_scale: float = Field(1.75, ge=0)     # CFG scale of the teacher's own samples (> 1: guided); the same as
+                                           # distill.guidance_scale, the distribution the student learns
     sampler_steps: int = Field(25, ge=1)   # DDIM steps of the teacher's samples (each 2 NFE with CFG)
     seed: int = 0
 
