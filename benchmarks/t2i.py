@@ -50,6 +50,9 @@ def parse_args(argv):
     p.add_argument("--work", default=None, help="folder for the run's parts (default: a temp folder)")
     p.add_argument("--write-docs", action="store_true")
     p.add_argument("--from-json", action="store_true")
+    p.add_argument("--memory", action="store_true", help="with --work of a finished run: re-measure each row's peak "
+                   "RSS (VmHWM) over its first --memory-iterations in a fresh process, into docs/results/t2i/t2i.json")
+    p.add_argument("--memory-iterations", type=int, default=20)
     a = p.parse_args(argv)
     if a.quick and a.write_docs:
         p.error("--quick runs are smoke runs: not written to the docs")
@@ -227,7 +230,10 @@ def section(result: dict, rel: str) -> list[str]:
              f"| VAE reconstruction (floor of the latent route) | - | {vf['fid']:.2f} | - | - | - | - | - |",
              f"| teacher, CFG {t['guidance_scale']:g}, DDIM {t['nfe'] // 2} steps | {t['nfe']} | {t['fid']:.2f} | "
              f"{t.get('class_agreement', float('nan')):.3f} | {t.get('attribute_agreement', float('nan')):.3f} | "
-             f"{result['teacher_report'].get('parameters', '-')} | - | - |"]
+             f"{result['teacher_report'].get('parameters', 0):,} | - | - |"]
+
+    def rss(r):          # measured by --memory (VmHWM of a fresh process); ru_maxrss of a spawned child is the parent's
+        return f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_iterations") else "-"
 
     def pm(r, k, f):
         return "-" if r.get(k) is None else f"{r[k]:{f}} +- {r[k + '_std']:{f}}"
@@ -236,8 +242,14 @@ def section(result: dict, rel: str) -> list[str]:
         lines.append(f"| {r['name']} (seeds {', '.join(map(str, r['train_seeds']))}) | {r['nfe']} | {pm(r, 'fid', '.2f')} | "
                      f"{pm(r, 'class_agreement', '.3f')} | {pm(r, 'attribute_agreement', '.3f')} | "
                      f"{r['trainable_parameters']:,} of {r['parameters']:,} | {r['distill_seconds']:.0f} | "
-                     f"{r['peak_rss_mb']:.0f} |")
+                     f"{rss(r)} |")
     s = result["stage_seconds"]
+    mem = result.get("memory_provenance")
+    if mem:
+        its = result["rows"][0].get("peak_rss_iterations")
+        lines += ["", f"Peak RSS: VmHWM of a fresh process training the row (seed 0) for its first {its} iterations, "
+                  f"measured {mem['started_utc']} at commit `{mem['commit']}` on the same machine "
+                  f"(`{shlex.join(['python', 'benchmarks/t2i.py', *mem['argv']])}`)."]
     lines += ["", "Stage wall-clock (s): " + ", ".join(f"{k} {v:.0f}" for k, v in s.items()) +
               f"; the route from nothing with one 1-step student: {result['route_from_nothing_seconds'] / 60:.1f} min.",
               "", "| target | measured | bound | met |", "|---|---|---|---|"]
@@ -257,8 +269,42 @@ def render_page() -> None:
     render(ROOT / "docs" / "results", ROOT / PAGE)
 
 
+def memory(a) -> dict:
+    """Peak RSS of each row's training, its first iterations in a fresh process (optimiser states and activations
+    are all allocated by then): the saved teacher and latents of a finished run (--work), merged into t2i.json."""
+    from components.atomic import write_json
+
+    path = OUT / "t2i.json"
+    result = json.loads(path.read_text())
+    cfg = result["config"]
+    ctx, out = mp.get_context("spawn"), {}
+    for row in result["rows"]:
+        distill = {**cfg["distill"], **row["overrides"], "seed": 0, "iterations": a.memory_iterations,
+                   "log_every": a.memory_iterations}
+        q = ctx.Queue()
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = ctx.Process(target=_distill_child, args=(a.work, distill, cfg["teacher"]["sampler_steps"],
+                                                              a.threads, str(Path(tmp) / "s"), q))
+            proc.start()
+            child = q.get()
+            proc.join()
+        row["peak_rss_mb"], row["peak_rss_mb_std"] = child["peak_rss_mb"], None
+        row["peak_rss_iterations"] = a.memory_iterations
+        out[row["name"]] = child["peak_rss_mb"]
+        print(f"{row['name']}: peak RSS {child['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    result["memory_provenance"] = {**provenance(sys.argv[1:]), "finished_utc": utc_now()}
+    write_json(path, result)
+    render_page()
+    return out
+
+
 def main(argv=None) -> dict | None:
     a = parse_args(argv)
+    if a.memory:
+        if not a.work:
+            raise SystemExit("t2i benchmark: --memory needs --work, the folder of a finished run (teacher/, latents/)")
+        print(json.dumps(memory(a), indent=1))
+        return None
     if a.from_json:
         render_page()
         return None

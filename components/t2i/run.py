@@ -172,7 +172,15 @@ def stage_teacher(cfg: LatentTeacherConfig, cache: LatentCache, parts: SDParts,
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux: ru_maxrss in KiB)."""
+    """This process's peak resident memory so far: Linux's VmHWM of /proc/self/status (per address space, so a
+    freshly started child reports its own peak; getrusage's ru_maxrss survives exec and would report the parent's
+    peak at fork), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -195,6 +195,9 @@ def check_sd_configs(path: str | Path, what: str = "teacher.path") -> Path:
     if unet.get("cross_attention_dim") not in (None, text.get("hidden_size")):
         raise ConfigError(f"{what} '{path / 'unet'}': cross_attention_dim {unet.get('cross_attention_dim')} != the "
                           f"text encoder's hidden_size {text.get('hidden_size')}")
+    if sched.get("rescale_betas_zero_snr"):
+        raise ConfigError(f"{what} '{path / 'scheduler'}': rescale_betas_zero_snr is true (abar = 0 at the last "
+                          "timestep: no finite noise level there); a zero-terminal-SNR teacher is not supported yet")
     if sched.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction"):
         raise ConfigError(f"{what} '{path / 'scheduler'}': prediction_type {sched['prediction_type']!r}; expected "
                           "epsilon or v_prediction")
