@@ -4,7 +4,12 @@ beside it, a LoRA file that stock `load_lora_weights` puts on the teacher (alpha
 adapter metadata: without it diffusers reloads alpha = rank and the outputs differ - T2I-NOTES.md)."""
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from components.atomic import atomic_dir
 
 from components.config import ConfigError
 
@@ -53,8 +58,28 @@ def lora_layers(unet) -> tuple[dict, dict]:
     return {k: v.detach().cpu().contiguous() for k, v in layers.items()}, meta
 
 
+def fuse_lora_unet(unet):
+    """A copy of the UNet with its LoRA adapters merged into the base weights and the peft layers removed."""
+    unet = copy.deepcopy(unet)
+    if has_lora(unet):
+        unet.fuse_lora()
+        unet.unload_lora()
+    return unet
+
+
+def save_lora_file(unet, directory: str | Path) -> Path:
+    """pytorch_lora_weights.safetensors with the adapter's config (rank, alpha, targets) as metadata."""
+    from diffusers import StableDiffusionPipeline
+
+    layers, meta = lora_layers(unet)
+    with atomic_dir(directory) as tmp:
+        StableDiffusionPipeline.save_lora_weights(str(tmp), unet_lora_layers=layers, unet_lora_adapter_metadata=meta,
+                                                  safe_serialization=True)
+    return Path(directory)
+
+
 def count_parameters(module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["LoraSettings", "add_lora", "count_parameters", "has_lora", "lora_layers"]
+__all__ = ["LoraSettings", "add_lora", "count_parameters", "fuse_lora_unet", "has_lora", "lora_layers", "save_lora_file"]

@@ -30,7 +30,7 @@ class TextConfig(Section):
 class VAEConfig(Section):
     block_out_channels: tuple[int, ...] = (16, 32, 32)  # 3 levels: 32x32 -> 8x8 latents (~0.24 M params)
     latent_channels: int = Field(4, ge=1)
-    train_steps: int = Field(1500, ge=1)   # ~0.22 s per batch of 64 on 2 CPU cores
+    train_steps: int = Field(1500, ge=1)   # ~0.31 s per batch of 64 on 2 CPU cores: 8 min (docs/results.md)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
     kl_weight: float = Field(1e-4, ge=0)   # KL(q(z|x) || N(0, I)) weight: keeps the latent space smooth
@@ -42,7 +42,7 @@ class LatentTeacherConfig(Section):
                                            # scheduler); None: the built-in one is trained (VAE, text encoder, UNet)
     block_out_channels: tuple[int, ...] = (32, 64)  # UNet2DConditionModel width per level (~1 M params)
     layers_per_block: int = Field(1, ge=1)
-    train_steps: int = Field(6000, ge=1)   # ~0.18 s per batch of 64 on 2 CPU cores
+    train_steps: int = Field(5000, ge=1)   # ~0.16 s per batch of 64 on 2 CPU cores: 13.5 min (docs/results.md)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)          # AdamW, cosine to 0
     ema_decay: float = Field(0.999, ge=0, lt=1)   # the EMA weights are the teacher

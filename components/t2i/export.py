@@ -18,7 +18,6 @@ from pathlib import Path
 
 from components.atomic import atomic_dir
 from components.config import ConfigError
-from components.nets.lora import has_lora, lora_layers
 
 STUDENT_CARD = "fewstep_student.json"
 
@@ -36,26 +35,6 @@ def lcm_scheduler(teacher_scheduler, timesteps: list[int]):
         raise ConfigError(f"config field 'distill.denoising_timesteps': {list(timesteps)} are not the timesteps a stock "
                           f"LCMScheduler takes at {steps} steps ({got}); train the student at those")
     return sched
-
-
-def fuse_lora_unet(unet):
-    """A copy of the UNet with its LoRA adapters merged into the base weights and the peft layers removed."""
-    unet = copy.deepcopy(unet)
-    if has_lora(unet):
-        unet.fuse_lora()
-        unet.unload_lora()
-    return unet
-
-
-def save_lora_file(unet, directory: str | Path) -> Path:
-    """pytorch_lora_weights.safetensors with the adapter's config (rank, alpha, targets) as metadata."""
-    from diffusers import StableDiffusionPipeline
-
-    layers, meta = lora_layers(unet)
-    with atomic_dir(directory) as tmp:
-        StableDiffusionPipeline.save_lora_weights(str(tmp), unet_lora_layers=layers, unet_lora_adapter_metadata=meta,
-                                                  safe_serialization=True)
-    return Path(directory)
 
 
 def export_student(student_dir: str | Path, teacher, out: str | Path, extra: dict | None = None) -> dict:
@@ -85,4 +64,4 @@ def export_student(student_dir: str | Path, teacher, out: str | Path, extra: dic
     return card
 
 
-__all__ = ["STUDENT_CARD", "export_student", "fuse_lora_unet", "lcm_scheduler", "save_lora_file"]
+__all__ = ["STUDENT_CARD", "export_student", "lcm_scheduler"]

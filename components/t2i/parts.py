@@ -140,8 +140,7 @@ def build_cache(data, parts: SDParts) -> LatentCache:
 # -- a latent student ----------------------------------------------------------------------------
 def save_student(student: TextDenoiser, directory: str | Path, extra: dict | None = None) -> dict:
     """unet/ (LoRA fused), lora/ (a LoRA student's file with alpha), student.json; written atomically."""
-    from components.nets.lora import has_lora
-    from components.t2i.export import fuse_lora_unet, save_lora_file
+    from components.nets.lora import fuse_lora_unet, has_lora, save_lora_file
     from components.t2i.latent import student_timesteps
 
     directory = Path(directory)

@@ -8,7 +8,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,29 +133,55 @@ def inspect_runs(env, names: list[str]) -> list[dict]:
     return json.loads(info.stdout.strip().splitlines()[-1])
 
 
+# Runs a list of pipeline runs in one process (each ZenML start-up costs ~15 s of CPU: the tiny runs are most of
+# the end-to-end tests' time). argv[1]: JSON [{"pipeline", "config", "flip_pixel"}]; flip_pixel: an npz whose first
+# image gets one pixel changed just before that run. Each run's output follows a line "=== run <config> ===".
+RUN_BATCH = r"""
+import importlib, json, sys
+import numpy as np
+from components.data.builtin import write_npz
+import os
+for item in json.loads(sys.argv[1]):
+    os.environ.update(item.get("env", {}))
+    if item.get("flip_pixel"):
+        with np.load(item["flip_pixel"]) as z:
+            images, labels = z["images"].copy(), z["labels"].copy()
+        images[0, 3, 3, 0] ^= 1
+        write_npz(item["flip_pixel"], {"images": images, "labels": labels})
+    print(f"=== run {item['config']} ===", flush=True)
+    module = importlib.import_module("pipelines." + item["pipeline"])
+    getattr(module, item["pipeline"]).with_options(config_path=item["config"])()
+"""
+
+
+def run_batch(env, items: list[dict]) -> dict:
+    """RUN_BATCH in one subprocess -> {config: that run's output}; every run must complete."""
+    proc = subprocess.run([sys.executable, "-c", RUN_BATCH, json.dumps(items)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    chunks = (proc.stdout + proc.stderr).split("=== run ")
+    return {c.split(" ===", 1)[0]: c for c in chunks[1:]}
+
+
 def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
     """Seven tiny runs in `env`'s store -> {name: {"output", "info", "data", "data_md5", "run_name"}} (JSON):
-    'reject' (dmd2_pipeline; a gate no student passes); then guided_pipeline on the same data (upstream steps
-    and teacher from the cache): 'guided' (GUIDED: 4 -> 2 steps; the gate passes and promotes) and
-    'guided_longer' (one more halving, -> 1 step: the rest from the cache); msd_pipeline (MSD: K = 2 smaller
-    students) 'msd_killed' (killed as MSD_KILL_AT starts) then 'msd' (the same config: only the unfinished stage and
-    what follows run; passes, exports the bundle); 'lowdiff' (dmd2_pipeline on the same data, upstream from the
-    cache: a LowDiff cascade, passes, exported as fewstep's folder); 'changed' (dmd2_pipeline, one pixel of the data
-    changed: everything re-runs; a CTM student; passes, promotes over 'lowdiff' and exports with ONNX)."""
-    from components.data.builtin import write_npz
+    'reject' (dmd2_pipeline; a gate no student passes); then guided_pipeline on the
+    same data (upstream steps and teacher from the cache): 'guided' (GUIDED: 4 -> 2 steps; the gate passes and
+    promotes) and 'guided_longer' (one more halving, -> 1 step: the rest from the cache); msd_pipeline (MSD: K = 2
+    smaller students) 'msd_killed' (killed as MSD_KILL_AT starts) then 'msd' (the same config: only the unfinished
+    stage and what follows run; passes, exports the bundle); 'lowdiff' (dmd2_pipeline on the same data, upstream
+    from the cache: a LowDiff cascade, passes, exported as fewstep's folder); 'changed' (dmd2_pipeline, one pixel of
+    the data changed: everything re-runs; a CTM student; passes, promotes over 'lowdiff' and exports with ONNX).
+    The runs go in two batches of one process each (RUN_BATCH), around the killed one (the README's command line,
+    `zenml pipeline run <name>`: tests/pipelines/test_short_form.py)."""
     from components.data.versioning import dvc_md5
 
     data = tmp / "digits.npz"
     shutil.copy(digits_npz, data)
-    runs = {}
+    runs, configs = {}, {}
     for name, gate in (("reject", REJECT_GATE), ("guided", PASS_GATE), ("guided_longer", PASS_GATE),
                        ("msd_killed", PASS_GATE), ("msd", PASS_GATE), ("lowdiff", OPEN_GATE),
                        ("changed", PASS_GATE)):
-        if name == "changed":
-            with np.load(data) as z:
-                images, labels = z["images"].copy(), z["labels"].copy()
-            images[0, 3, 3, 0] ^= 1
-            write_npz(data, {"images": images, "labels": labels})
         config, cfg = tmp / f"{name}.yaml", tiny_config(tmp, data, gate)
         if name == "changed":
             # the same pipeline and steps distil with CTM: distill.method switches the method
@@ -175,17 +200,26 @@ def tiny_runs(tmp: Path, env: dict, digits_npz: str) -> dict:
             cfg["parameters"]["export"] = {"onnx": False}        # ONNX per student: tests/components/test_msd.py
         cfg["run_name"] = f"tiny_{name}_{uuid.uuid4().hex[:8]}"      # found again by name, whatever else ran
         config.write_text(yaml.safe_dump(cfg))
-        if name == "msd_killed":
-            out = run_until_step({**env, "WANDB_MODE": "disabled"}, config, "msd_pipeline", MSD_KILL_AT)
-            assert f"`{MSD_KILL_AT}` has started" in out, out[-4000:]
-            runs[name] = {"output": out, "data": str(data), "data_md5": dvc_md5(data), "run_name": cfg["run_name"]}
-            continue
-        # W&B is checked on the first run only (WANDB_MODE in the environment wins over tracking.wandb)
-        pipeline = next((f"{m}_pipeline" for m in ("guided", "msd") if name.startswith(m)), "dmd2_pipeline")
-        proc = run_zenml(env if name == "reject" else {**env, "WANDB_MODE": "disabled"}, config, pipeline)
-        assert proc.returncode == 0, (name, (proc.stdout + proc.stderr)[-4000:])
-        runs[name] = {"output": proc.stdout + proc.stderr, "data": str(data), "data_md5": dvc_md5(data),
-                      "run_name": cfg["run_name"]}
+        configs[name] = config
+        runs[name] = {"data": str(data), "run_name": cfg["run_name"]}
+
+    def pipeline(name):
+        return next((f"{m}_pipeline" for m in ("guided", "msd") if name.startswith(m)), "dmd2_pipeline")
+
+    quiet = {**env, "WANDB_MODE": "disabled"}   # W&B is checked on the first run only (the environment wins)
+    batches = (("reject", "guided", "guided_longer"), ("msd", "lowdiff", "changed"))
+    out = run_batch(env, [{"pipeline": pipeline(n), "config": str(configs[n]),
+                           **({} if n == "reject" else {"env": {"WANDB_MODE": "disabled"}})} for n in batches[0]])
+    for n in batches[0]:
+        runs[n].update(output=out[str(configs[n])], data_md5=dvc_md5(data))
+    killed = run_until_step(quiet, configs["msd_killed"], "msd_pipeline", MSD_KILL_AT)
+    assert f"`{MSD_KILL_AT}` has started" in killed, killed[-4000:]
+    runs["msd_killed"].update(output=killed, data_md5=dvc_md5(data))
+    before = dvc_md5(data)
+    out = run_batch(quiet, [{"pipeline": pipeline(n), "config": str(configs[n]),
+                             **({"flip_pixel": str(data)} if n == "changed" else {})} for n in batches[1]])
+    for n in batches[1]:
+        runs[n].update(output=out[str(configs[n])], data_md5=dvc_md5(data) if n == "changed" else before)
     for name, info in zip(runs, inspect_runs(env, [r["run_name"] for r in runs.values()])):
         runs[name]["info"] = info
     return runs
