@@ -241,3 +241,6 @@ def test_the_t2i_run_config_and_params_file_resolve_with_the_typed_defaults():
     cfg = load_t2i_params(str(ROOT / raw.pop("params_file")), **raw)
     assert cfg.export.path == "models/t2i_student" and cfg.distill.method == "dmd2"
     assert cfg.model_dump(exclude={"export"}) == resolve_t2i({}).model_dump(exclude={"export"})
+    raw = yaml.safe_load((ROOT / "configs" / "t2i_4step_local.yaml").read_text())["parameters"]
+    four = load_t2i_params(str(ROOT / raw.pop("params_file")), **raw)
+    assert list(four.distill.denoising_timesteps) == [999, 749, 499, 249] and four.teacher == cfg.teacher
