@@ -286,8 +286,9 @@ class VPDenoiser(Denoiser):
         return self.unet(x_vp, t, class_labels=cond).sample
 
     def training_sigmas(self, T: int) -> torch.Tensor:
-        """DMD2's noise-level grid, ascending: this model's own DDPM schedule (index = timestep, as the official
-        SD code indexes it), so student timesteps 999/749/499/249 are the scheduler's timesteps."""
+        """DMD2's noise-level grid, ascending: this model's own DDPM schedule, index = timestep (checked against
+        tianweiy/DMD2 main/sd_guidance.py: integer timesteps drawn in [min_step, max_step], noised with the
+        scheduler's add_noise), so student timesteps 999/749/499/249 are the scheduler's timesteps."""
         if T != len(self.log_sigmas):
             raise ConfigError(f"config field 'distill.num_train_timesteps': {T}, but the teacher's scheduler has "
                               f"{len(self.log_sigmas)} training timesteps; set it to {len(self.log_sigmas)}")

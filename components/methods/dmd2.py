@@ -172,7 +172,7 @@ class DMD2(Method):
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, ramp)
         self.sched_fake = torch.optim.lr_scheduler.LambdaLR(self.opt_fake, ramp)
         # ascending in sigma, index T-1 = sigma_max: a Karras grid for an EDM teacher (as the reference EDM code
-        # indexes it), a DDPM teacher's own schedule (the SD code's timesteps)
+        # indexes it), a DDPM teacher's own schedule (tianweiy/DMD2 main/sd_guidance.py's integer timesteps, checked)
         self.sigma_grid = teacher.training_sigmas(T).to(dev)
         self.student_sigmas = [float(self.sigma_grid[t]) for t in cfg.denoising_timesteps]   # sigma_0 > ... > 0
         self.noise_scale = teacher.initial_noise_scale(self.student_sigmas[0])   # x_T = z * this

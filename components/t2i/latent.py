@@ -54,10 +54,10 @@ def generate_latents(den: TextDenoiser, prompt_ids: torch.Tensor, seed: int, bat
 
 
 def nfe(den: TextDenoiser, guidance_scale: float = 1.0) -> int:
-    """Network evaluations per image of the recipe (CFG doubles them)."""
-    steps = sum(1 for s in den.sampling["sigmas"] if s > 0)
-    per = den.nfe(guidance_scale)
-    return steps * per * (2 if den.sampling["sampler"] == "heun" else 1)
+    """Network evaluations per image of a DDIM or few-step recipe (one call per step; CFG doubles it)."""
+    if den.sampling["sampler"] not in ("ddim", "fewstep"):
+        raise ValueError(f"nfe: a DDIM or few-step recipe expected, got {den.sampling['sampler']!r}")
+    return sum(1 for s in den.sampling["sigmas"] if s > 0) * den.nfe(guidance_scale)
 
 
 __all__ = ["ddim_recipe", "generate_latents", "nfe", "student_timesteps", "teacher_denoiser"]

@@ -7,7 +7,6 @@
 - a latent student folder: unet/ (LoRA fused), lora/ (a LoRA student's file), student.json (its timesteps)."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,10 +174,6 @@ def load_student(directory: str | Path, table: PromptTable, teacher: TextDenoise
 
 def student_info(directory: str | Path) -> dict:
     return json.loads((Path(directory) / STUDENT_FILE).read_text())
-
-
-def sha256_file(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 __all__ = ["LatentCache", "SDParts", "STUDENT_FILE", "build_cache", "load_student", "save_student", "student_info"]

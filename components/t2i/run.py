@@ -43,7 +43,7 @@ class T2IComputeConfig(BaseModel):
 
 
 class T2IRunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
     data: CaptionDataConfig = CaptionDataConfig()
     text: TextConfig = TextConfig()
     vae: VAEConfig = VAEConfig()
