@@ -49,8 +49,9 @@ fashion-mnist: data/fashion_mnist.npz
 run: install .zen data
 	$(BIN)/zenml pipeline run dmd2_pipeline
 
-# The same result rebuilt by DVC from dvc.yaml + params.yaml (stages run the venv's python).
-repro: install data
+# The same result rebuilt by DVC from dvc.yaml + params*.yaml (stages run the venv's python); the text-to-image
+# chain reads Fashion-MNIST.
+repro: install data data/fashion_mnist.npz
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 # Debian's chromium (apt) for the dashboard browser test; Playwright comes with the test extras.

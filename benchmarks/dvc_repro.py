@@ -7,9 +7,12 @@ said, and the results it leaves in git (dvc.lock, metrics*.json, plots/) - or wh
     python benchmarks/dvc_repro.py --check         # ... and compare with the committed dvc.lock and metrics:
                                                    # exit 1 when a model's hash or a figure differs
     python benchmarks/dvc_repro.py --check --chains export   # only the DMD2 chain (and the stages it reads)
+    python benchmarks/dvc_repro.py --write --chains export_t2i   # one chain: its lock entries, outputs and row
+                                                   # replace theirs; the other rows keep their commit
 
 The clone is of HEAD (a dirty checkout is refused: the lock must describe committed code), with the built-in
-digits written as `make data` does; stage commands run this interpreter's `python` (its folder first on PATH).
+digits written as `make data` does (and Fashion-MNIST as `make fashion-mnist` does, for the chains that read it);
+stage commands run this interpreter's `python` (its folder first on PATH).
 Chains run in CHAINS order, so the first one also pays for the shared stages (data, feature net, teacher, pairs,
 the teacher's figures). A last plain `dvc repro` must find nothing to do. Run it alone: a second torch process
 on 2 cores distorts every figure, and at another `compute.threads` the floats differ (docs/dvc.md).
@@ -38,7 +41,9 @@ from benchmarks.provenance import provenance  # noqa: E402
 # (target, the metrics file its evaluate stage writes): every chain of dvc.yaml, the shared stages with the first
 CHAINS = (("export", "metrics.json"), ("export_ctm", "metrics_ctm.json"), ("export_guided", "metrics_guided.json"),
           ("export_msd", "metrics_msd.json"), ("export_lowdiff", "metrics_lowdiff.json"),
-          ("export_lowdiff_dmd2", "metrics_lowdiff_dmd2.json"))
+          ("export_lowdiff_dmd2", "metrics_lowdiff_dmd2.json"), ("export_t2i", "metrics_t2i.json"))
+# chains that read Fashion-MNIST (data/fashion_mnist.npz, written in the clone as `make fashion-mnist` does)
+FASHION_CHAINS = {"export_t2i"}
 # metrics that are wall-clock measurements: they differ from run to run, everything else must not
 WALL_CLOCK = re.compile(r"latency|seconds|throughput|sampling_speedup")
 # outputs that embed wall-clock figures (the evaluations' JSON, reports and model cards): their md5 differs from run
@@ -82,6 +87,24 @@ def lock_outs(lock: Path) -> dict[str, str]:
     return {o["path"]: o["md5"] for s in stages.values() for o in s.get("outs", [])}
 
 
+def flat(metrics: dict, prefix: str = "") -> dict:
+    """{'teacher.fid': ...}: the text-to-image chain's metrics nest per model."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def fids(metrics: dict) -> tuple[float, float]:
+    """(student FID, teacher FID) of a chain's metrics file (flat, or nested per model: metrics_t2i.json)."""
+    if "student_fid" in metrics:
+        return metrics["student_fid"], metrics["teacher_fid"]
+    return metrics["student"]["fid"], metrics["teacher"]["fid"]
+
+
 def compare(clone: Path, chains) -> dict:
     """The clone's repro of `chains` against the committed dvc.lock and metrics: which outputs' md5 and which figures
     differ (among the outputs the clone's repro wrote: all of them when every chain ran)."""
@@ -89,12 +112,56 @@ def compare(clone: Path, chains) -> dict:
     differ = sorted(p for p in theirs if ours.get(p) != theirs[p])
     figures = {}
     for _, name in chains:
-        a, b = json.loads((ROOT / name).read_text()), json.loads((clone / name).read_text())
+        a, b = flat(json.loads((ROOT / name).read_text())), flat(json.loads((clone / name).read_text()))
         bad = sorted(k for k in a.keys() | b.keys() if not WALL_CLOCK.search(k) and a.get(k) != b.get(k))
         if bad:
             figures[name] = {k: [a.get(k), b.get(k)] for k in bad}
     return {"outs_differing": differ, "outs_differing_unexpectedly": [p for p in differ if not TIMED_OUTS.search(p)],
             "figures_differing": figures, "outs_compared": len(theirs)}
+
+
+def stale_stages(clone: Path, env: dict, ran: set[str]) -> list[str]:
+    """Stages of the clone that did not run here and whose code or params changed since the committed dvc.lock
+    (`dvc status`: a modified dependency; a missing upstream output is not counted): what a full run would redo."""
+    out = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=clone, env=env, capture_output=True,
+                         text=True, check=True).stdout
+    stale = []
+    for stage, changes in json.loads(out or "{}").items():
+        for change in changes if isinstance(changes, list) else []:
+            if isinstance(change, dict) and stage not in ran and any(
+                    v == "modified" for k in ("changed deps",) for v in (change.get(k) or {}).values()):
+                stale.append(stage)
+                break
+    return sorted(stale)
+
+
+def merge_rows(result: dict) -> dict:
+    """--chains with --write: these chains' rows replace theirs in docs/dvc-repro.json and the other rows stay, each
+    with the commit it was measured at. The clone started from the committed dvc.lock, so its lock is the committed
+    one plus these chains' stages (valid while the other chains' entries are: the full run checks that)."""
+    old = json.loads((ROOT / "docs" / "dvc-repro.json").read_text())
+    new = {c["target"]: c for c in result["chains"]}
+    rows = [new.pop(c["target"], None) or {"commit": old["provenance"]["commit"],
+                                           "measured_utc": old["provenance"]["started_utc"], **c}
+            for c in old["chains"]]
+    rows += list(new.values())
+    return {**old, "chains": rows, "total_seconds": sum(c["seconds"] for c in rows),
+            "partial": {"provenance": result["provenance"], "stale_elsewhere": result.get("stale_elsewhere", []),
+                        "targets": [c for c, _ in CHAINS if c in {r["target"] for r in result["chains"]}]}}
+
+
+def _partial_note(result: dict) -> str:
+    part = result.get("partial")
+    if not part:
+        return ""
+    p = part["provenance"]
+    return (f"The rows of {', '.join(f'`{t}`' for t in part['targets'])} were measured alone (`--chains`) on "
+            f"{p['started_utc']} at commit `{p['commit']}`, from a fresh clone with the committed `dvc.lock`; the "
+            "others, and the plain `dvc repro` below, at the commit above.\n" + (
+                f"\n**Stale since:** at the later commit `dvc status` finds changed code or params in "
+                f"{', '.join(f'`{s}`' for s in part['stale_elsewhere'])}: a full `dvc repro` reruns them, and their "
+                "lock entries are the earlier commit's until `benchmarks/dvc_repro.py --write` runs every chain "
+                "again.\n" if part.get("stale_elsewhere") else ""))
 
 
 def render(result: dict) -> str:
@@ -116,7 +183,8 @@ feature net, teacher, pairs, the teacher's figures), so a later chain alone take
 |---|---|---|---|---|
 {rows}
 
-After them, a plain `dvc repro` ran nothing (`{result['last_repro']}`), and the resulting `dvc.lock`, `metrics*.json`
+{_partial_note(result)}
+{'At that commit, after every chain' if result.get('partial') else 'After them'}, a plain `dvc repro` ran nothing (`{result['last_repro']}`), and the resulting `dvc.lock`, `metrics*.json`
 and `plots/` are the committed ones. What may differ in your clone: the wall-clock figures (latency, throughput,
 sampling seconds) and the outputs that embed them; every model's bytes and every other figure are the same at the
 same `compute.threads` ([dvc.md](dvc.md#what-is-bit-identical)).
@@ -136,8 +204,6 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [c for c in a.chains.split(",") if c not in known]
         if unknown:
             raise SystemExit(f"--chains: unknown target {unknown[0]!r} (valid: {', '.join(known)})")
-        if a.write:
-            raise SystemExit("--write needs every chain (the committed dvc.lock records them all): drop --chains")
         chains = tuple((c, known[c]) for c in a.chains.split(","))
     prov = provenance(sys.argv)
     if prov["commit"].endswith("(dirty)"):
@@ -148,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     env = _env(Path(sys.executable).parent)
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     _run([sys.executable, "-m", "components.data.builtin", "--out", "data/digits.npz"], clone, env)
+    if any(target in FASHION_CHAINS for target, _ in chains):
+        _run([sys.executable, "-m", "components.data.fashion_mnist", "--out", "data/fashion_mnist.npz"], clone, env)
     threads = yaml.safe_load((clone / "params.yaml").read_text())["compute"]["threads"]
     runs, t_all = [], time.perf_counter()
     for target, metrics_file in chains:
@@ -156,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         metrics = json.loads((clone / metrics_file).read_text())
         gate = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("quality gate:")),
                     "not run")
+        student_fid, teacher_fid = fids(metrics)
         runs.append({"target": target, "seconds": time.perf_counter() - t0,
                      "stages": re.findall(r"Running stage '([^']+)'", out), "gate": gate,
-                     "student_fid": metrics["student_fid"], "teacher_fid": metrics["teacher_fid"]})
+                     "student_fid": student_fid, "teacher_fid": teacher_fid,
+                     "commit": prov["commit"], "measured_utc": prov["started_utc"]})
     result = {"provenance": prov, "threads": threads, "chains": runs, "total_seconds": time.perf_counter() - t_all}
     if chains == CHAINS:
         last = _run([sys.executable, "-m", "dvc", "repro"], clone, env)
@@ -166,9 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         result["last_repro"] = "; ".join(f"ran {s}" for s in ran_again) or last.strip().splitlines()[-1]
         if ran_again:
             raise SystemExit(f"a plain `dvc repro` after the chains ran {ran_again}: CHAINS misses a target")
+    if chains != CHAINS:
+        result["stale_elsewhere"] = stale_stages(clone, env, {s for c in runs for s in c["stages"]})
     if a.check:
         result["check"] = compare(clone, chains)
     if a.write:
+        if chains != CHAINS:
+            result = merge_rows(result)
         for rel in git_outputs():
             if (clone / rel).is_file():
                 (ROOT / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from components.t2i.parts import LatentCache, SDParts, build_cache
 PARAMS_FILE = "params_t2i.yaml"
 SECTIONS = ("data", "text", "vae", "teacher", "distill", "evaluation", "gate", "export", "compute")
 # DMD2's text-to-image defaults: the SD 1.5 recipe's real-score CFG 1.75 (T2I-NOTES.md), a 1-step student at 999
-T2I_DISTILL = {"method": "dmd2", "guidance_scale": 1.75, "denoising_timesteps": [999], "iterations": 600,
+T2I_DISTILL = {"method": "dmd2", "guidance_scale": 1.75, "denoising_timesteps": [999], "iterations": 2400,
                "batch_size": 64, "fid_every": 0, "checkpoint_every": 0, "log_every": 25}
 
 

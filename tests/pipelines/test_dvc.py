@@ -51,6 +51,7 @@ def dvc_repo(tmp_path_factory):
     def build(repo):
         shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
         shutil.copy(ROOT / "params_ctm.yaml", repo / "params_ctm.yaml")
+        shutil.copy(ROOT / "params_t2i.yaml", repo / "params_t2i.yaml")     # read by dvc.yaml's t2i chain (not run here)
         # the guided chain at tiny size: the same keys as params_guided.yaml, 8 -> 4 -> 2 steps (two halvings,
         # as dvc.yaml's halve stages), a few iterations each
         guided = yaml.safe_load((ROOT / "params_guided.yaml").read_text())
