@@ -7,6 +7,10 @@ Prints JSON; --write-docs writes docs/results/t2i/ (JSON + sample picture) and r
     python benchmarks/t2i.py [--seeds 0 1 2] [--write-docs]
     python benchmarks/t2i.py --quick            # minutes: tiny budgets, one seed (a smoke run, not a result)
     python benchmarks/t2i.py --from-json        # re-render docs/results.md from docs/results/t2i/t2i.json
+    python benchmarks/t2i.py --work W --reuse --keep-rows --variants 'DMD2 1-step' --write-docs
+        # only those rows, on the teacher and latents a finished run left in W (checked against t2i.json's teacher
+        # hash; the route's upstream seconds are that run's); the other rows of t2i.json are kept, each with the
+        # commit, date and distill.iterations it was trained at
 
 Targets (issue: text-to-image): the route from nothing <= 60 min; teacher prompt-class agreement with CFG
 >= 0.8x the real images'; 1-step student FID <= 1.3x the CFG teacher's and agreement >= 0.9x the teacher's;
@@ -53,7 +57,13 @@ def parse_args(argv):
     p.add_argument("--memory", action="store_true", help="with --work of a finished run: re-measure each row's peak "
                    "RSS (VmHWM) over its first --memory-iterations in a fresh process, into docs/results/t2i/t2i.json")
     p.add_argument("--memory-iterations", type=int, default=20)
+    p.add_argument("--reuse", action="store_true", help="with --work of a finished run: its teacher and latents "
+                   "(the same teacher hash as docs/results/t2i/t2i.json records), not retrained")
+    p.add_argument("--keep-rows", action="store_true", help="keep docs/results/t2i/t2i.json's rows this run does "
+                   "not replace (another variant, or the same one at another distill.iterations)")
     a = p.parse_args(argv)
+    if (a.reuse or a.memory) and not a.work:
+        p.error("--reuse and --memory need --work, the folder of a finished run (teacher/, latents/)")
     if a.quick and a.write_docs:
         p.error("--quick runs are smoke runs: not written to the docs")
     return a
@@ -107,21 +117,25 @@ def run(a) -> dict:
         return out
 
     data = timed("captions", stage_captions, cfg.data)
-    text = timed("text_encoder", stage_text, cfg.text, data)
-    vae_parts, vae_report = timed("vae", stage_vae, cfg.vae, data)
-    parts = text.with_parts(vae=vae_parts.vae)
-    cache = timed("latents", stage_latents, data, parts)
-    teacher, teacher_report = timed("teacher", stage_teacher, cfg.teacher, cache, parts)
+    reused = None
+    if a.reuse:
+        teacher, cache, vae_report, teacher_report, reused = reuse_upstream(work, seconds)
+    else:
+        text = timed("text_encoder", stage_text, cfg.text, data)
+        vae_parts, vae_report = timed("vae", stage_vae, cfg.vae, data)
+        parts = text.with_parts(vae=vae_parts.vae)
+        cache = timed("latents", stage_latents, data, parts)
+        teacher, teacher_report = timed("teacher", stage_teacher, cfg.teacher, cache, parts)
+        teacher.save(work / "teacher")
+        cache.save(work / "latents")
     net, net_report = timed("feature_net", feature_net_for, data, cfg.evaluation.feature_steps)
-    teacher.save(work / "teacher")
-    cache.save(work / "latents")
     metrics = timed("evaluate_teacher", evaluate_models, teacher, {}, cache, data, net, cfg.teacher, cfg.evaluation)
     rows, ctx = [], mp.get_context("spawn")
     for name in a.variants:
         per_seed = []
         for seed in a.seeds:
             distill = {**cfg.distill.model_dump(mode="json"), **VARIANTS[name], "seed": seed}
-            folder = work / "students" / f"{name.replace(' ', '_').replace(',', '')}-seed{seed}"
+            folder = work / "students" / f"{name.replace(' ', '_').replace(',', '')}-it{distill['iterations']}-seed{seed}"
             q = ctx.Queue()
             proc = ctx.Process(target=_distill_child, args=(str(work), distill, cfg.teacher.sampler_steps,
                                                               a.threads, str(folder), q))
@@ -141,7 +155,8 @@ def run(a) -> dict:
                              "final_losses": {k: v for k, v in child["history"][-1].items() if k.startswith("loss")}})
             print(f"{name} seed {seed}: FID {m['fid']:.2f}, class {m.get('class_agreement', float('nan')):.3f}, "
                   f"{child['distill_seconds']:.0f} s", file=sys.stderr)
-        rows.append(summarise(name, VARIANTS[name], per_seed))
+        rows.append({**summarise(name, VARIANTS[name], per_seed), "variant": name,
+                     "iterations": cfg.distill.iterations})
     first = rows[0]["seeds"][0]["folder"]
     export_dir = work / "export"
     timed("export", export_student, first, teacher, export_dir)
@@ -152,10 +167,59 @@ def run(a) -> dict:
               "teacher_report": teacher_report, "feature_net": net_report, "real": metrics["real"],
               "vae_floor": metrics["vae_floor"], "teacher": metrics["teacher"], "num_samples": metrics["num_samples"],
               "rows": rows}
+    if reused:
+        result["reused_upstream"] = reused
+    if a.keep_rows:
+        result["rows"] = rows + kept_rows(rows, cfg.distill.iterations)
     result["targets"] = targets(result)
     if a.write_docs:
         write_docs(result, teacher, cache, data, cfg)
     return result
+
+
+def _previous() -> dict:
+    path = OUT / "t2i.json"
+    if not path.is_file():
+        raise SystemExit(f"t2i benchmark: {path} is missing: --reuse and --keep-rows extend a "
+                         "finished run")
+    return json.loads(path.read_text())
+
+
+def reuse_upstream(work: Path, seconds: dict):
+    """The teacher and latents of the finished run in `work`, checked to be the teacher t2i.json records; that
+    run's seconds for the stages not rerun. -> (teacher, cache, vae report, teacher report, provenance)."""
+    from components.diffusion.denoiser import state_hash
+    from components.t2i.parts import LatentCache, SDParts
+
+    prev = _previous()
+    teacher, cache = SDParts.load(work / "teacher"), LatentCache.load(work / "latents")
+    sha = state_hash(teacher.unet)
+    if sha != prev["teacher_report"]["teacher_sha256"]:
+        raise SystemExit(f"t2i benchmark: --reuse: {work}/teacher has sha256 {sha[:12]}, not the "
+                         f"{prev['teacher_report']['teacher_sha256'][:12]} that t2i.json's rows were scored with")
+    for k in ("text_encoder", "vae", "latents", "teacher"):
+        seconds[k] = prev["stage_seconds"][k]
+    return teacher, cache, prev["vae"], prev["teacher_report"], {
+        "stages": ["text_encoder", "vae", "latents", "teacher"], "commit": prev["provenance"]["commit"],
+        "measured_utc": prev["provenance"]["started_utc"]}
+
+
+def kept_rows(new_rows: list[dict], iterations: int) -> list[dict]:
+    """t2i.json's rows that this run did not replace: another variant, or the same variant at another
+    distill.iterations (named with its iterations); each keeps the commit and date it was measured at."""
+    prev = _previous()
+    done = {(r["variant"], r["iterations"]) for r in new_rows}
+    out = []
+    for r in prev["rows"]:
+        r = {**r, "variant": r.get("variant", r["name"]),
+             "iterations": r.get("iterations", prev["config"]["distill"]["iterations"])}
+        r.setdefault("kept_from", {"commit": prev["provenance"]["commit"],
+                                   "measured_utc": prev["provenance"]["started_utc"]})
+        if (r["variant"], r["iterations"]) in done:
+            continue
+        r["name"] = r["variant"] if r["iterations"] == iterations else f"{r['variant']}, {r['iterations']} iterations"
+        out.append(r)
+    return out
 
 
 def summarise(name: str, overrides: dict, per_seed: list[dict]) -> dict:
@@ -175,7 +239,8 @@ def summarise(name: str, overrides: dict, per_seed: list[dict]) -> dict:
 
 def targets(r: dict) -> list[dict]:
     """Each target of the issue: the measured value, the bound, met or not."""
-    rows = {x["name"]: x for x in r["rows"]}
+    iterations = r["config"]["distill"]["iterations"]
+    rows = {x.get("variant", x["name"]): x for x in r["rows"] if x.get("iterations", iterations) == iterations}
     t, real = r["teacher"], r["real"]
     out = [{"target": "route from nothing <= 60 min", "value": r["route_from_nothing_seconds"] / 60,
             "bound": 60.0, "met": r["route_from_nothing_seconds"] <= 3600}]
@@ -189,10 +254,13 @@ def targets(r: dict) -> list[dict]:
         if one.get("class_agreement") is not None and t.get("class_agreement"):
             v = one["class_agreement"] / t["class_agreement"]
             out.append({"target": "1-step agreement >= 0.9x teacher", "value": v, "bound": 0.9, "met": v >= 0.9})
-    lora = rows.get("DMD2 1-step, LoRA r8")
-    if lora and one:
-        v = lora["fid"] / one["fid"]
-        out.append({"target": "LoRA FID <= 1.3x full", "value": v, "bound": 1.3, "met": v <= 1.3})
+    for lora in (x for x in r["rows"] if x.get("variant", x["name"]) == "DMD2 1-step, LoRA r8"):
+        full = next((x for x in r["rows"] if x.get("variant", x["name"]) == "DMD2 1-step"
+                     and x.get("iterations") == lora.get("iterations")), None)
+        if full:                                        # the full student trained as long as the LoRA one
+            v = lora["fid"] / full["fid"]
+            out.append({"target": f"LoRA FID <= 1.3x full ({lora.get('iterations', iterations)} iterations)",
+                        "value": v, "bound": 1.3, "met": v <= 1.3})
     return out
 
 
@@ -223,14 +291,14 @@ def section(result: dict, rel: str) -> list[str]:
              "class agreement = the classifier's class equals the prompt's; attribute agreement = the measured "
              "brightness (dark/light) equals the prompt's. CLIP score needs pretrained CLIP weights, which are not "
              "on this machine: not computed.", "",
-             "| model | NFE | FID | class agreement | attribute agreement | trainable params | distill s | "
-             "peak RSS MB |", "|---|---|---|---|---|---|---|---|",
+             "| model | NFE | FID | class agreement | attribute agreement | trainable params | distill iterations | "
+             "distill s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|",
              f"| real train images (floor) | - | {real['fid']:.2f} | {real.get('class_accuracy', float('nan')):.3f} | "
-             "1.000 (by construction) | - | - | - |",
-             f"| VAE reconstruction (floor of the latent route) | - | {vf['fid']:.2f} | - | - | - | - | - |",
+             "1.000 (by construction) | - | - | - | - |",
+             f"| VAE reconstruction (floor of the latent route) | - | {vf['fid']:.2f} | - | - | - | - | - | - |",
              f"| teacher, CFG {t['guidance_scale']:g}, DDIM {t['nfe'] // 2} steps | {t['nfe']} | {t['fid']:.2f} | "
              f"{t.get('class_agreement', float('nan')):.3f} | {t.get('attribute_agreement', float('nan')):.3f} | "
-             f"{result['teacher_report'].get('parameters', 0):,} | - | - |"]
+             f"{result['teacher_report'].get('parameters', 0):,} | - | - | - |"]
 
     def rss(r):          # measured by --memory (VmHWM of a fresh process); ru_maxrss of a spawned child is the parent's
         return f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_iterations") else "-"
@@ -241,8 +309,20 @@ def section(result: dict, rel: str) -> list[str]:
     for r in result["rows"]:
         lines.append(f"| {r['name']} (seeds {', '.join(map(str, r['train_seeds']))}) | {r['nfe']} | {pm(r, 'fid', '.2f')} | "
                      f"{pm(r, 'class_agreement', '.3f')} | {pm(r, 'attribute_agreement', '.3f')} | "
-                     f"{r['trainable_parameters']:,} of {r['parameters']:,} | {r['distill_seconds']:.0f} | "
+                     f"{r['trainable_parameters']:,} of {r['parameters']:,} | "
+                     f"{r.get('iterations', result['config']['distill']['iterations'])} | {r['distill_seconds']:.0f} | "
                      f"{rss(r)} |")
+    kept = [r for r in result["rows"] if r.get("kept_from")]
+    if kept:
+        lines += ["", "Rows kept from an earlier run on the same teacher (sha256 "
+                  f"`{result['teacher_report']['teacher_sha256'][:12]}`), data, feature net and evaluation: " +
+                  "; ".join(f"{r['name']} (`{r['kept_from']['commit'][:12]}`, {r['kept_from']['measured_utc']})"
+                            for r in kept) + "."]
+    reused = result.get("reused_upstream")
+    if reused:
+        lines += ["", f"This run trained only the students: the VAE, latents and teacher (and their stage seconds "
+                  f"below) are those of the run at `{reused['commit'][:12]}` ({reused['measured_utc']}), "
+                  "checked by the teacher's hash."]
     s = result["stage_seconds"]
     mem = result.get("memory_provenance")
     if mem:

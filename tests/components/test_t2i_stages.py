@@ -110,3 +110,30 @@ def test_t2i_stage_bad_input_is_one_line_and_writes_nothing(chain, monkeypatch, 
     assert t2i_stages.main(["distill", "--params", "params_t2i.yaml", "--teacher", "artifacts/t2i/teacher",
                             "--latents", str(tmp_path / "missing"), "--out", str(tmp_path / "s")]) == 1
     assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_user_folder_passes_through_the_text_vae_and_teacher_stages(chain, monkeypatch):
+    """teacher.path: text_t2i and vae_t2i copy the folder's parts and teacher_t2i its UNet - nothing is trained."""
+    from components.diffusion.denoiser import state_hash
+    from components.t2i.parts import SDParts
+
+    tmp, t2i_stages, commands = chain
+    monkeypatch.chdir(tmp)
+    user = tmp / "artifacts/t2i/teacher"                 # the chain's teacher: a complete SD folder
+    params = yaml.safe_load((tmp / "params_t2i.yaml").read_text())
+    params["teacher"] = {**params["teacher"], "path": str(user), "train_steps": 10_000}   # would be slow if trained
+    (tmp / "user.yaml").write_text(yaml.safe_dump(params))
+
+    def run(name, **outs):
+        cmd = [w if w != "params_t2i.yaml" else "user.yaml" for w in commands[name]]
+        for opt, path in outs.items():
+            cmd[cmd.index(f"--{opt}") + 1] = path
+        assert t2i_stages.main(cmd) == 0, name
+
+    run("text_t2i", out="user/text")
+    run("vae_t2i", out="user/vae")
+    run("teacher_t2i", text="user/text", vae="user/vae", out="user/teacher")
+    theirs, ours = SDParts.load(user), SDParts.load(tmp / "user/teacher")
+    assert not (tmp / "user/text/vae").exists() and not (tmp / "user/vae/unet").exists()
+    for part in ("unet", "vae", "text_encoder"):
+        assert state_hash(getattr(ours, part)) == state_hash(getattr(theirs, part)), part

@@ -44,33 +44,58 @@ import sys
 from pipelines.t2i_pipeline import t2i_pipeline
 for config in sys.argv[1:]:
     t2i_pipeline.with_options(config_path=config)()
-sys.argv[1:] = ["t2i_first", "t2i_distill_changed"]
+sys.argv[1:] = ["t2i_first", "t2i_distill_changed", "t2i_user_folder"]
 """ + INSPECT
+
+
+def user_sd_folder(captions, out):
+    """A user's SD-layout folder (tokenizer, text encoder, VAE, UNet, DDIM scheduler; random weights) that knows
+    the caption folder's words: what `teacher.path` points at."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    from components.t2i.caption_folder import load_caption_folder
+    from components.t2i.config import TextConfig
+    from components.t2i.run import stage_text
+    from components.t2i.sd import SD_SCHEDULE, build_unet, build_vae
+
+    parts = stage_text(TextConfig(**TINY["text"]), load_caption_folder(captions, 16, 0.25))
+    torch.manual_seed(0)
+    parts = parts.with_parts(vae=build_vae((8, 16, 16), resolution=16).eval(),
+                             unet=build_unet(4, 4, TINY["text"]["hidden"], (16, 32)).eval(),
+                             scheduler=DDIMScheduler(**SD_SCHEDULE))
+    parts.save(out)
+    return out
 
 
 @pytest.fixture(scope="module")
 def t2i_runs(tmp_path_factory):
-    """'first', then 'distill_changed' (distill.iterations 3) on the same store."""
+    """'first', then 'distill_changed' (distill.iterations 3) on the same store, then 'user_folder' (teacher.path:
+    a user's SD folder instead of the built-in parts)."""
     tmp = tmp_path_factory.mktemp("t2i_pipeline")
     env = make_zenml_env(tmp)
     env["HF_HUB_OFFLINE"] = "1"
     folder = caption_folder(tmp / "captions")
+    user = user_sd_folder(folder, tmp / "my-sd")
     runs, paths = {}, {}
-    for name, distill in (("first", {}), ("distill_changed", {"iterations": 3})):
+    for name, distill, teacher in (("first", {}, {}), ("distill_changed", {"iterations": 3}, {}),
+                                   ("user_folder", {}, {"path": str(user)})):
         params = {k: dict(v) for k, v in TINY.items()}
         params["data"] = {"source": "folder", "path": str(folder), "resolution": 16, "eval_fraction": 0.25}
         params["distill"] = {**params["distill"], **distill}
+        params["teacher"] = {**params["teacher"], **teacher}
         params["export"] = {"path": str(tmp / f"export_{name}")}
         cfg = {"enable_cache": True, "run_name": f"t2i_{name}", "parameters": {"params_file": None, **params}}
         paths[name] = tmp / f"{name}.yaml"
         paths[name].write_text(yaml.safe_dump(cfg))
         runs[name] = {"export": tmp / f"export_{name}"}
-    proc = subprocess.run([sys.executable, "-c", RUNS_AND_INSPECT, str(paths["first"]), str(paths["distill_changed"])],
+    proc = subprocess.run([sys.executable, "-c", RUNS_AND_INSPECT, *(str(p) for p in paths.values())],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     for name, i in zip(runs, info):
         runs[name]["info"] = i
+    runs["user_folder"]["teacher"] = user
     return runs
 
 
@@ -97,3 +122,22 @@ def test_t2i_rerun_with_distill_changed_reuses_everything_upstream(t2i_runs):
     upstream = ("t2i_captions", "t2i_text_encoder", "t2i_vae", "t2i_latents", "t2i_teacher", "t2i_feature_net")
     assert all(steps[s].endswith("cached") for s in upstream), steps
     assert steps["t2i_distill"].endswith("completed") and steps["t2i_evaluate"].endswith("completed")
+
+
+def test_a_users_sd_folder_gives_a_gated_exported_1_step_student(t2i_runs):
+    """teacher.path: the folder's parts are loaded (nothing trained), distilled, gated and exported with the
+    user's own VAE, text encoder and tokenizer."""
+    from components.diffusion.denoiser import state_hash
+    from components.t2i.parts import SDParts
+
+    run = t2i_runs["user_folder"]
+    steps = run["info"]["steps"]
+    assert run["info"]["status"].endswith("completed")
+    assert "t2i_load_teacher" in steps and not {"t2i_text_encoder", "t2i_vae"} & set(steps)
+    assert steps["t2i_teacher"].endswith("completed") and steps["t2i_export"].endswith("completed")
+    exported, user = SDParts.load(run["export"]), SDParts.load(run["teacher"])
+    assert json.loads((run["export"] / "fewstep_student.json").read_text())["steps"] == 1
+    for part in ("vae", "text_encoder"):
+        assert state_hash(getattr(exported, part)) == state_hash(getattr(user, part)), part
+    assert exported.unet.config.block_out_channels == user.unet.config.block_out_channels
+    assert state_hash(exported.unet) != state_hash(user.unet)                  # the distilled student
